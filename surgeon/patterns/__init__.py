@@ -1,0 +1,31 @@
+"""Patterns over fx graphs (:mod:`.core`), structural module recognition, and the built-in patterns."""
+
+from surgeon.patterns.core import (
+    Match,
+    MatchContext,
+    NodeSpec,
+    Pattern,
+    anything,
+    either,
+    find,
+    find_all,
+    function,
+    method,
+    module,
+)
+from surgeon.patterns.library import (
+    GATED_MLP,
+    SOFTMAX,
+    MlpSite,
+    NormSite,
+    SoftmaxSite,
+    activation,
+    linear,
+    mlp_sites,
+    norm_sites,
+    plain_mlp,
+    softmax_sites,
+)
+from surgeon.patterns.structure import LinearView, NormInfo, is_activation, is_linear, is_norm, linear_view, norm_info
+
+__all__ = [name for name in dir() if not name.startswith("_")]

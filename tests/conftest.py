@@ -1,0 +1,7 @@
+"""Test-session environment, set before anything else is imported.
+
+TRITON_INTERPRET must be in the environment before any ``@triton.jit`` decorator runs (the CPU interpreter
+is chosen at decoration time, else Triton fails with "0 active drivers"), so it is set here, ahead of the
+test modules' imports. HF_HUB_OFFLINE keeps transformers off the network: tests never use the hub.
+"""
+import os; os.environ.setdefault("TRITON_INTERPRET", "1"); os.environ.setdefault("HF_HUB_OFFLINE", "1")  # noqa: E702
