@@ -169,7 +169,8 @@ def randomise_parameters(module: nn.Module, *, seed: int = 0, std: float = 0.02)
 
     Matrices (and any tensor of rank >= 2) become N(0, std). Rank-1 tensors are perturbed around their
     stored value, so the model keeps its intended operating point: a 1-D ``weight`` (a norm scale; for
-    Gemma's ``1 + w`` norms the stored 0) gets ``+ 0.1 * N(0, 1)``, anything else (biases) ``+ std * N(0, 1)``.
+    Gemma's ``1 + w`` norms the stored 0) gets ``+ 0.1 * N(0, 1)``, anything else (biases)
+    ``+ std * N(0, 1)``.
     Values are drawn in float32 on the CPU and then cast, so a bf16 build equals the cast of the fp32 one.
     Tied parameters are one ``Parameter`` object and are written once, in place, so they stay tied.
     """

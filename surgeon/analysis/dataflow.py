@@ -42,22 +42,40 @@ def _is_metadata(func: Callable) -> bool:
     return name in _METADATA_CALLS
 
 
-def _contains(tree: Any, tensor: torch.Tensor) -> bool:
-    return any(leaf is tensor for leaf in pytree.tree_leaves(tree))
+def _contains(tree: Any, tensors: torch.Tensor | list[torch.Tensor]) -> bool:
+    tensors = tensors if isinstance(tensors, list) else [tensors]
+    return any(leaf is t for leaf in pytree.tree_leaves(tree) for t in tensors)
+
+
+_RESHAPES = {"view", "reshape", "contiguous", "flatten"}
+
+
+def _regroups_rows(func: Callable, args: tuple, result: Any) -> bool:
+    """A reshape that keeps the last (channel) dimension whole: readers of the result read the input."""
+    if getattr(func, "__name__", "") not in _RESHAPES or not args or not isinstance(result, torch.Tensor):
+        return False
+    source = args[0]
+    return (isinstance(source, torch.Tensor) and source.dim() > 0 and result.dim() > 0
+            and source.shape[-1] == result.shape[-1] and source.numel() == result.numel())
 
 
 class _ReadWatcher(TorchFunctionMode):
-    def __init__(self, tensor: torch.Tensor, stack: list[tuple[str, nn.Module]], readers: list[Reader]):
+    def __init__(self, tracked: list[torch.Tensor], stack: list[tuple[str, nn.Module]], readers: list[Reader]):
         super().__init__()
-        self.tensor, self.stack, self.readers = tensor, stack, readers
+        self.tracked, self.stack, self.readers = tracked, stack, readers
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         path, module = self.stack[-1]
         inside_childless = next(module.children(), None) is None and len(self.stack) > 1
-        if not inside_childless and not _is_metadata(func) and _contains((args, kwargs), self.tensor):
-            self.readers.append(Reader(path, getattr(func, "__name__", str(func)), linear=False))
-        return func(*args, **kwargs)
+        reads = not inside_childless and not _is_metadata(func) and _contains((args, kwargs), self.tracked)
+        result = func(*args, **kwargs)
+        if reads:
+            if _regroups_rows(func, args, result):
+                self.tracked.append(result)  # same channels, rows regrouped: follow it
+            else:
+                self.readers.append(Reader(path, getattr(func, "__name__", str(func)), linear=False))
+        return result
 
 
 def readers_of(module: nn.Module, path: str, args: tuple, kwargs: dict, tensor: torch.Tensor) -> list[Reader]:
@@ -66,13 +84,14 @@ def readers_of(module: nn.Module, path: str, args: tuple, kwargs: dict, tensor: 
     ``path`` is ``module``'s path in the model; reader paths are full paths.
     """
     readers: list[Reader] = []
+    tracked = [tensor]
     stack: list[tuple[str, nn.Module]] = [(path, module)]
     handles = []
 
     def pre(sub_path: str):
         def hook(sub, sub_args, sub_kwargs):
             childless = next(sub.children(), None) is None
-            if childless and _contains((sub_args, sub_kwargs), tensor):
+            if childless and _contains((sub_args, sub_kwargs), tracked):
                 readers.append(Reader(sub_path, type(sub).__name__, linear=is_linear(sub)))
             stack.append((sub_path, sub))
 
@@ -87,7 +106,7 @@ def readers_of(module: nn.Module, path: str, args: tuple, kwargs: dict, tensor: 
             handles.append(sub.register_forward_pre_hook(pre(full), with_kwargs=True))
             handles.append(sub.register_forward_hook(post, with_kwargs=True))
     try:
-        with torch.no_grad(), _ReadWatcher(tensor, stack, readers):
+        with torch.no_grad(), _ReadWatcher(tracked, stack, readers):
             module(*args, **kwargs)
     finally:
         for handle in handles:

@@ -73,6 +73,8 @@ class Scope:
 
 def join(prefix: str, name: str) -> str:
     """Join module path segments, treating "" as the root."""
+    if not name:
+        return prefix
     return f"{prefix}.{name}" if prefix else name
 
 
@@ -149,7 +151,7 @@ def trace_scope(module: nn.Module, call: RecordedCall, *, kind: str, blocks: set
 
     for _ in range(MAX_FALLBACKS):
         root = make_root(module, call)
-        tracer = ScopeTracer(module, leaf_fn)
+        tracer = ScopeTracer(module, leaf_fn, root.examples)
         try:
             graph = tracer.trace(root)
         except Exception as exc:  # noqa: BLE001 - any tracing failure is reported, not raised

@@ -16,6 +16,7 @@ import dataclasses
 import functools
 import inspect
 import keyword
+import operator
 import re
 import sys
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
+from torch.fx.proxy import ParameterProxy
 from torch.utils import _pytree as pytree
 
 from surgeon.capture.calls import RecordedCall
@@ -44,12 +46,108 @@ def mask_builders() -> tuple:
     )
 
 
-class ScopeTracer(fx.Tracer):
-    """Traces one scope: ``leaf_fn(module, qualname)`` decides the leaves; fails name their module."""
+_FIXED_META = ("dtype", "ndim", "device", "is_cuda", "layout", "is_sparse", "is_quantized")
 
-    def __init__(self, root_module: nn.Module, leaf_fn):
+
+class ScopeProxy(fx.Proxy):
+    """A Proxy whose ``device`` is the scope's device: a scope runs on one device, and HF code
+    branches on ``tensor.device.type`` (grouped MoE matmuls, for one)."""
+
+    def __getattr__(self, k):
+        if k == "device":
+            device = getattr(self.tracer, "scope_device", None)
+            if device is not None:
+                return device
+        return super().__getattr__(k)
+
+    def __setitem__(self, key, value) -> None:
+        # In-place indexed writes (``out[idx] = y``) become an ``operator.setitem`` node.
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
+
+class ShapeProxy(ScopeProxy):
+    """A symbolic ``tensor.shape`` (or a slice of one) whose *length* is known.
+
+    HF attention writes ``(*input_shape, -1, head_dim)``; fx cannot iterate a Proxy, but the rank of a
+    scope's inputs is known, so the shape can be unpacked element by element while each element stays
+    symbolic (the graph remains valid for other batch and sequence sizes).
+    """
+
+    def __init__(self, node, tracer, length: int):
+        super().__init__(node, tracer)
+        self.__dict__["_length"] = length
+
+    def __len__(self) -> int:
+        return self.__dict__["_length"]
+
+    def __iter__(self):
+        return iter([self[i] for i in range(len(self))])
+
+    def __getitem__(self, index):
+        item = self.tracer.create_proxy("call_function", operator.getitem, (self, index), {})
+        if isinstance(index, slice) and all(isinstance(v, (int, type(None))) for v in
+                                            (index.start, index.stop, index.step)):
+            return ShapeProxy(item.node, self.tracer, len(range(*index.indices(len(self)))))
+        return item
+
+
+class InputProxy(ScopeProxy):
+    """A placeholder Proxy that answers dtype/ndim/device questions with the recorded input's values.
+
+    HF forwards branch on them (``if attention_mask.ndim < 4``, ``if pixel_values.dtype != ...``).
+    They do not depend on batch or sequence size, so the graph stays shape-generic; a graph installed
+    back into a model checks them on every call (see ``surgeon.rewrite.CapturedModule``).
+    """
+
+    def __init__(self, node, tracer, example: torch.Tensor):
+        super().__init__(node, tracer)
+        self.__dict__["_example_meta"] = {k: getattr(example, k) for k in _FIXED_META}
+        self.__dict__["_example_floating"] = example.is_floating_point()
+
+    def __getattr__(self, k):
+        meta = self.__dict__.get("_example_meta")
+        if meta is not None and k in meta:
+            return meta[k]
+        if k == "shape" and meta is not None:
+            node = self.tracer.create_proxy("call_function", getattr, (self, "shape"), {}).node
+            return ShapeProxy(node, self.tracer, meta["ndim"])
+        return super().__getattr__(k)
+
+    def dim(self) -> int:
+        """The recorded input's number of dimensions."""
+        return self.__dict__["_example_meta"]["ndim"]
+
+    def is_floating_point(self) -> bool:
+        """Whether the recorded input is floating point."""
+        return self.__dict__["_example_floating"]
+
+
+class ParameterMetaProxy(ParameterProxy):
+    """fx's parameter proxy (concrete shapes) that also answers ``dtype`` and ``device`` concretely."""
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The parameter's dtype."""
+        return self.param.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The parameter's device."""
+        return self.param.device
+
+
+class ScopeTracer(fx.Tracer):
+    """Traces one scope: ``leaf_fn(module, qualname)`` decides the leaves; fails name their module.
+
+    ``examples`` maps placeholder names to the recorded tensors (see :class:`InputProxy`).
+    """
+
+    def __init__(self, root_module: nn.Module, leaf_fn, examples: dict[str, torch.Tensor] | None = None):
         super().__init__(autowrap_functions=mask_builders(), param_shapes_constant=True)
         self._leaf_fn = leaf_fn
+        self._examples = examples or {}
+        devices = {t.device for t in self._examples.values()}
+        self.scope_device = devices.pop() if len(devices) == 1 else None
         self._constants: dict[int, str] = {}
         self.lifted: dict[str, Any] = {}
         seen = set()
@@ -64,6 +162,17 @@ class ScopeTracer(fx.Tracer):
         if module_qualified_name == INNER:
             return False
         return self._leaf_fn(m, module_qualified_name)
+
+    def getattr(self, attr, attr_val, parameter_proxy_cache):
+        result = super().getattr(attr, attr_val, parameter_proxy_cache)
+        if type(result) is ParameterProxy:
+            result.__class__ = ParameterMetaProxy
+        return result
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        if node.op == "placeholder" and node.target in self._examples:
+            return InputProxy(node, self, self._examples[node.target])
+        return ScopeProxy(node, self)
 
     def call_module(self, m, forward, args, kwargs):
         path = self.path_of_module(m)
@@ -157,4 +266,6 @@ def make_root(module: nn.Module, call: RecordedCall) -> ScopeRoot:
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<surgeon root of {type(module).__name__}>", "exec"), namespace)
     cls = type(f"{type(module).__name__}Root", (ScopeRoot,), {"forward": namespace["forward"]})
-    return cls(module, call)
+    root = cls(module, call)
+    root.examples = dict(zip(names, call.flat_tensors()))
+    return root

@@ -93,7 +93,7 @@ class MlpSite:
     act: str | None
     act_node: str
     gate: str | None = None
-    scope: str = ""
+    act_scope: str = ""  # instance path of the scope whose graph holds ``act_node``
 
 
 def mlp_sites(cap: Capture) -> list[MlpSite]:
@@ -104,7 +104,7 @@ def mlp_sites(cap: Capture) -> list[MlpSite]:
             continue
         ctx = MatchContext(cap.model.get_submodule(scope.path), scope.path, cap)
         claimed: set = set()
-        local: list[tuple[str, dict, str]] = []  # (kind, relative paths, act node)
+        local: list[tuple[str, dict, str]] = []  # (kind, relative paths incl. act scope, act node)
         for kind, pattern in (("gated", GATED_MLP), ("plain", plain_mlp(with_dropout=True)),
                               ("plain", plain_mlp(with_dropout=False))):
             for m in find(pattern, scope.graph, ctx):
@@ -116,14 +116,14 @@ def mlp_sites(cap: Capture) -> list[MlpSite]:
                 rel = {"up": m.target("up" if kind == "gated" else "fc1"),
                        "down": m.target("down" if kind == "gated" else "fc2"),
                        "gate": m.target("gate") if kind == "gated" else None,
-                       "act": act.target if act.op == "call_module" else None}
+                       "act": act.target if act.op == "call_module" else None, "act_scope": ""}
                 local.append((kind, rel, act.name))
         local += _split_mlps(cap, scope, ctx)
         for instance in scope.instances:
             for kind, rel, act_node in local:
                 full = {k: (join(instance, v) if v is not None else None) for k, v in rel.items()}
                 sites.append(MlpSite(instance, kind, full["up"], full["down"], full["act"], act_node,
-                                     full["gate"], scope=scope.path))
+                                     full["gate"], act_scope=full["act_scope"]))
     return sites
 
 
@@ -150,7 +150,8 @@ def _split_mlps(cap: Capture, scope, ctx: MatchContext) -> list[tuple[str, dict,
             end = next(e for e in ends if e.nodes["x"] is first_input)
             act = halves[0].nodes["act"]
             rel = {"up": f"{node.target}.{halves[0].target('fc1')}", "down": f"{user.target}.{end.target('fc2')}",
-                   "gate": None, "act": f"{node.target}.{act.target}" if act.op == "call_module" else None}
+                   "gate": None, "act": f"{node.target}.{act.target}" if act.op == "call_module" else None,
+                   "act_scope": node.target}
             found.append(("split", rel, act.name))
     return found
 
@@ -233,9 +234,16 @@ def _through_channel_preserving(node) -> list:
     return users
 
 
+_RESHAPES = ("view", "reshape", "contiguous")
+
+
 def _keeps_channels(node) -> bool:
     if node.op == "call_module" and node.graph.owning_module is not None:
         return isinstance(node.graph.owning_module.get_submodule(node.target), nn.Dropout)
+    if (node.op == "call_method" and node.target in _RESHAPES) or (
+        node.op == "call_function" and node.target in (torch.reshape,)
+    ):
+        return _same_channels(node.args[0], node)
     if node.op != "call_function" or node.target is not operator.getitem:
         return False
     meta = node.args[0].meta.get("tensor_meta") if hasattr(node.args[0], "meta") else None
@@ -247,6 +255,15 @@ def _keeps_channels(node) -> bool:
         plain = all(isinstance(i, (int, slice)) for i in index)
         return plain and len(index) == ndim and index[-1] == slice(None, None, None)
     return isinstance(index, (int, slice)) and ndim >= 2
+
+
+def _same_channels(before, after) -> bool:
+    """True when a reshape keeps the last dimension whole (only leading dimensions regroup)."""
+    a = getattr(before, "meta", {}).get("tensor_meta")
+    b = after.meta.get("tensor_meta")
+    if not hasattr(a, "shape") or not hasattr(b, "shape") or not a.shape or not b.shape:
+        return False
+    return a.shape[-1] == b.shape[-1]
 
 
 def _describe(node) -> str:

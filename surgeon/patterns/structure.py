@@ -120,7 +120,7 @@ def _probe_linear(module: nn.Module) -> LinearView | None:
         except Exception:  # noqa: BLE001 - wrong orientation raises a shape error
             continue
         expected = x @ w.t() + (bias if bias is not None else 0)
-        if y.shape == expected.shape and torch.allclose(y, expected, rtol=1e-4, atol=1e-5):
+        if isinstance(y, torch.Tensor) and y.shape == expected.shape and torch.allclose(y, expected, rtol=1e-4, atol=1e-5):
             return LinearView(module, transposed=transposed)
     return None
 
