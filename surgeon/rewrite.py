@@ -29,18 +29,28 @@ def set_submodule(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
     return old
 
 
-def shared_parameter_names(model: nn.Module, param: torch.Tensor) -> list[str]:
-    """Every name under which ``param`` appears in ``model`` (more than one when it is tied)."""
-    return [n for n, p in model.named_parameters(remove_duplicate=False) if p is param]
+def tie_groups(model: nn.Module) -> dict[int, list[str]]:
+    """For every parameter, keyed by ``id``, the names it appears under (several when tied)."""
+    groups: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(param), []).append(name)
+    return groups
 
 
-def untie(model: nn.Module, module_path: str, attr: str = "weight") -> bool:
-    """Give ``module_path.attr`` its own copy when it is shared with other modules; True if it was."""
+def untie(model: nn.Module, module_path: str, attr: str = "weight", groups: dict[int, list[str]] | None = None) -> bool:
+    """Give ``module_path.attr`` its own copy when it is shared with other modules; True if it was.
+
+    ``groups`` (from :func:`tie_groups`) saves rescanning the model when untying many modules.
+    """
     module = model.get_submodule(module_path)
     param = getattr(module, attr)
-    if len(shared_parameter_names(model, param)) <= 1:
+    names = (groups if groups is not None else tie_groups(model)).get(id(param), [])
+    if len(names) <= 1:
         return False
     setattr(module, attr, nn.Parameter(param.detach().clone(), requires_grad=param.requires_grad))
+    if groups is not None:
+        own = f"{module_path}.{attr}"
+        groups[id(param)] = [n for n in names if n != own]
     config = getattr(model, "config", None)
     if config is not None and getattr(config, "tie_word_embeddings", False):
         config.tie_word_embeddings = False  # so transformers does not tie them again on save/load

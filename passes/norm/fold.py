@@ -19,7 +19,7 @@ from surgeon.patterns import linear_view, norm_info, norm_sites
 from surgeon.patterns.structure import forget
 from surgeon.pipeline.config import PassConfig
 from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
-from surgeon.rewrite import set_submodule, untie
+from surgeon.rewrite import set_submodule, tie_groups, untie
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,22 +43,23 @@ class FoldNormPass(PassHandler):
         return Found([Site(s.path, s.scope, data=s) for s in sites], skipped)
 
     def rewrite(self, ctx: PassContext, config: FoldNorm, sites: list[Site]) -> bool:
+        groups = tie_groups(ctx.model)
         for site in sites:
-            site.record = fold_one(ctx.model, site.data.path, site.data.readers)
+            site.record = fold_one(ctx.model, site.data.path, site.data.readers, groups)
         return bool(sites)
 
     def replay(self, model, config, record) -> None:
         replay_fold(model, record)
 
 
-def fold_one(model, norm_path: str, readers: tuple[str, ...]) -> dict:
+def fold_one(model, norm_path: str, readers: tuple[str, ...], groups: dict | None = None) -> dict:
     """Fold the norm at ``norm_path`` into ``readers``; returns the record needed to replay the structure."""
     norm = model.get_submodule(norm_path)
     info = norm_info(norm)
     gain, bias = info.gain, info.bias
     untied, biased = [], []
     for path in readers:
-        if untie(model, path):
+        if untie(model, path, groups=groups):
             untied.append(path)
         view = linear_view(model.get_submodule(path))
         w = view.weight().detach().double()

@@ -14,6 +14,8 @@ fallback); the report names each such child and why.
 
 from __future__ import annotations
 
+import builtins
+import keyword
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -183,7 +185,10 @@ def _build_graph_module(module, root, tracer, graph: fx.Graph) -> fx.GraphModule
             attrs[target] = _resolve(root, target)
     for node in list(graph.nodes):
         if node.name.startswith(INNER + "_"):
-            node._rename(node.name[len(INNER) + 1 :])
+            short = node.name[len(INNER) + 1 :]
+            if short == "self" or keyword.iskeyword(short) or hasattr(builtins, short):
+                short = f"{short}_out"  # generated code must not shadow `self` or builtins
+            node._rename(short)
     gm = fx.GraphModule(attrs, graph, class_name=f"{type(module).__name__}Graph")
     for name, value in tracer.lifted.items():
         setattr(gm, name, value)

@@ -180,11 +180,14 @@ def _probe_norm(module: nn.Module) -> NormInfo | None:
     eps = _epsilon(module)
     if eps is None:
         return None
-    probe = copy.deepcopy(module).double()
+    # fp32 modules are probed as they are (float32 round-off is far below the fold's 1e-5 budget);
+    # lower precisions are probed on a float64 copy so the measured gain is not rounded to bf16.
+    probe = module if weight.dtype == torch.float32 else copy.deepcopy(module).double()
+    dtype = torch.float32 if probe is module else torch.float64
     x = _probe_input(_PROBE_ROWS * 4, width, torch.float64, "cpu").to(weight.device)
     try:
         with torch.no_grad():
-            y = probe(x).double()
+            y = probe(x.to(dtype)).double()
     except Exception:  # noqa: BLE001
         return None
     if y.shape != x.shape:
