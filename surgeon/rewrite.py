@@ -125,6 +125,9 @@ def _same(a: Any, b: Any) -> bool:
 
 def install_graph(cap: Capture, path: str, graph_module: fx.GraphModule) -> CapturedModule:
     """Put ``graph_module`` (a rewritten graph of instance ``path``) in the model in place of that module."""
+    if not path:
+        raise SurgeonError("the model's own scope cannot be replaced by a graph",
+                           fix="Target a submodule (an MLP or a block) instead")
     call = cap.calls.get(path)
     if call is None:
         raise SurgeonError(f"{path} was not called on the example inputs, so its call signature is unknown")

@@ -1,9 +1,10 @@
 """Scopes: submodules captured into fx graphs with a leaf policy, and the capture of a whole model.
 
 A model is captured as nested scopes (DESIGN.md §1):
-- the *model scope* traces the root through every wrapper module (``LlamaForCausalLM`` →
-  ``LlamaModel``) and keeps the repeated blocks (members of a ``ModuleList`` of one class) as leaves,
-  so it shows embeddings, the residual stream and the head;
+- the *model scope* traces the root through the wrappers around the repeated blocks
+  (``LlamaForCausalLM`` → ``LlamaModel``) and keeps the blocks (members of a ``ModuleList`` of one
+  class) and every other composite child as leaves, so it shows embeddings, the residual stream and
+  the head;
 - every other scope traces one module's own ``forward`` with its children as leaves: a block scope
   shows norms, attention, MLP and residual adds; an MLP scope shows Linear / activation / gating.
 Each composite leaf becomes a scope of its own. Modules without children (Linear, norms,
@@ -142,13 +143,16 @@ def trace_scope(module: nn.Module, call: RecordedCall, *, kind: str, blocks: set
     """Trace ``module`` as called in ``call``; returns (graph module, fallbacks, failure reason)."""
     forced: dict[str, str] = {}
     fallbacks: list[tuple[str, str]] = []
+    # The model scope inlines only the wrappers around the blocks (``LlamaForCausalLM`` → ``LlamaModel``),
+    # so it shows the residual stream; every other composite (embeddings, MLPs, heads) stays a leaf.
+    wrappers = {id(m) for m in module.modules() if id(m) not in blocks and any(id(x) in blocks for x in m.modules())}
 
     def leaf_fn(m: nn.Module, qualname: str) -> bool:
         rel = qualname[len(INNER) + 1 :]
         if rel in forced or not _has_children(m):
             return True
         if kind == "model":
-            return id(m) in blocks
+            return id(m) not in wrappers
         return True
 
     for _ in range(MAX_FALLBACKS):
