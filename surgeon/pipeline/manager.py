@@ -112,7 +112,10 @@ def _module_or_none(model: nn.Module, path: str) -> nn.Module | None:
 
 
 def _select(model: nn.Module, target: str, sites: list[Site]) -> tuple[list[Site], int]:
+    """Sites the target selects, in module order (reports read in the model's own order)."""
     selected = [s for s in sites if target_matches(target, s.path, _module_or_none(model, s.path))]
+    order = {path: i for i, (path, _) in enumerate(model.named_modules())}
+    selected.sort(key=lambda s: order.get(s.path, len(order)))
     return selected, len(sites) - len(selected)
 
 
