@@ -14,6 +14,7 @@ from surgeon.capture import Capture, capture
 from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
 from surgeon.loading import load_model
+from surgeon.persist import load, save
 from surgeon.pipeline import PassConfig, PassReport, Recipe, apply, report
 from surgeon.zoo import zoo_names
 
@@ -31,8 +32,10 @@ __all__ = [
     "apply",
     "capture",
     "example_inputs",
+    "load",
     "load_model",
     "passes",
     "report",
+    "save",
     "zoo_names",
 ]

@@ -93,13 +93,10 @@ def _load_minilm() -> nn.Module:
 def _load_hf_dir(path: Path, *, allow_pickle: bool, trust_remote_code: bool) -> nn.Module:
     where = f"load_model('{path}')"
     if (path / SURGEON_MANIFEST).is_file():
-        # HOOK (surgeon outputs): a directory with surgeon.json was written by surgeon's save and is
-        # rebuilt by replaying its manifest; that loader lives in the save/load module, not here.
-        raise SurgeonError(
-            "surgeon outputs are loaded with surgeon.load(dir)",
-            where=where,
-            fix="Call surgeon.load on this directory",
-        )
+        # A directory with surgeon.json was written by surgeon.save: rebuild it from its manifest.
+        from surgeon.persist import load
+
+        return load(path)
     if not (path / "config.json").is_file():
         raise SurgeonError(
             "the directory has no config.json, so it is not a transformers checkpoint",

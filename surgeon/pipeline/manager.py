@@ -12,7 +12,7 @@ from surgeon.capture import capture
 from surgeon.errors import CertificationError, MatchError, RecipeError, SurgeonError
 from surgeon.pipeline.certify import EXACT_RTOL, Snapshot
 from surgeon.pipeline.config import PassConfig
-from surgeon.pipeline.recipe import Recipe, as_recipe
+from surgeon.pipeline.recipe import Recipe, as_recipe, step_to_dict
 from surgeon.pipeline.registry import Found, PassContext, Site, handler_for
 from surgeon.pipeline.report import PassReport
 from surgeon.pipeline.targets import check_target, target_matches
@@ -74,7 +74,7 @@ def run_step(ctx: PassContext, index: int, config: PassConfig, sample, *, certif
     if problem:
         raise RecipeError(problem, where=where, fix="Fix the `target` of this step")
     start = time.perf_counter()
-    rep = PassReport(index, handler.name, config.target, handler.preserves)
+    rep = PassReport(index, handler.name, config.target, handler.preserves, config=step_to_dict(config))
     rep.params_before = parameter_count(ctx.model)
     handler.requires(ctx, config)
     found: Found = handler.find(ctx, config)

@@ -26,6 +26,7 @@ class PassReport:
     certificates: list[Certificate] = field(default_factory=list)
     records: list[Any] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def worst_error(self) -> float:
@@ -45,8 +46,20 @@ class PassReport:
             "outside_target": self.outside_target, "params_before": self.params_before,
             "params_after": self.params_after, "seconds": self.seconds, "changed": self.changed,
             "certificates": [c.as_dict() for c in self.certificates], "records": self.records,
-            "notes": self.notes,
+            "notes": self.notes, "config": self.config,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PassReport":
+        """Rebuild a report from :meth:`as_dict` output (as stored in a manifest)."""
+        rep = cls(data["step"], data["pass"], data["target"], data["preserves"])
+        rep.matched = list(data["matched"])
+        rep.skipped = [tuple(s) for s in data["skipped"]]
+        for key in ("outside_target", "params_before", "params_after", "seconds", "changed", "records", "notes",
+                    "config"):
+            setattr(rep, key, data[key])
+        rep.certificates = [Certificate(**c) for c in data["certificates"]]
+        return rep
 
     def text(self) -> str:
         """A few readable lines."""

@@ -1,0 +1,7 @@
+"""Saving and loading transformed models: safetensors + ``surgeon.json``, atomic, pickle-free."""
+
+from surgeon.persist.atomic import is_surgeon_output
+from surgeon.persist.load import load, read_manifest
+from surgeon.persist.save import save
+
+__all__ = ["is_surgeon_output", "load", "read_manifest", "save"]
