@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import statistics
 import sys
@@ -170,12 +171,15 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg(),
     }
     print(f"tiny-llama, CPU, {env}", file=sys.stderr)
     start = time.perf_counter()
     raw = benchmark(args.layers, args.repeats, args.export_repeats)
     med = medians(raw)
-    print(f"total wall time {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    env["loadavg_end"] = os.getloadavg()
+    print(f"total wall time {time.perf_counter() - start:.1f} s; load average at end "
+          f"{env['loadavg_end']} (other processes skew timings: torch's threads share the cores)", file=sys.stderr)
 
     if args.json:
         with open(args.json, "w") as f:

@@ -1,0 +1,1 @@
+"""The ``surgeon`` command line (``surgeon.cli.app``)."""

@@ -14,7 +14,7 @@ from surgeon.capture import Capture, capture
 from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
 from surgeon.loading import load_model
-from surgeon.persist import load, save
+from surgeon.persist import load, save, verify
 from surgeon.pipeline import PassConfig, PassReport, Recipe, apply, report
 from surgeon.zoo import zoo_names
 
@@ -37,5 +37,6 @@ __all__ = [
     "passes",
     "report",
     "save",
+    "verify",
     "zoo_names",
 ]

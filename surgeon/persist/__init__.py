@@ -3,5 +3,6 @@
 from surgeon.persist.atomic import is_surgeon_output
 from surgeon.persist.load import load, read_manifest
 from surgeon.persist.save import save
+from surgeon.persist.verify import Verification, verify
 
-__all__ = ["is_surgeon_output", "load", "read_manifest", "save"]
+__all__ = ["Verification", "is_surgeon_output", "load", "read_manifest", "save", "verify"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -33,12 +33,14 @@ def apply(
     *,
     inputs: Mapping[str, Any] | torch.Tensor | None = None,
     certify: bool = True,
+    on_step: Callable[[PassReport], None] | None = None,
 ) -> nn.Module:
     """Apply a recipe (or pass configs) to ``model`` in place and return it.
 
     ``calibration`` is a list of batches for passes that calibrate; its first batch (else ``inputs``, else
     :func:`surgeon.example_inputs`) is the sample batch on which every pass is certified. Each step's
-    :class:`PassReport` is appended to the model's history (see :func:`report`).
+    :class:`PassReport` is appended to the model's history (see :func:`report`) and passed to
+    ``on_step`` when given (the CLI prints progress with it).
     """
     recipe = as_recipe(steps)
     calibration = list(calibration) if calibration is not None else None
@@ -53,6 +55,8 @@ def apply(
         ctx.history = tuple(r.name for r in history)
         history.append(run_step(ctx, len(history), config, sample, certify=certify))
         setattr(model, HISTORY_ATTR, history)
+        if on_step is not None:
+            on_step(history[-1])
     return model
 
 

@@ -1,0 +1,5 @@
+"""``python -m surgeon.cli``."""
+
+from surgeon.cli.app import main
+
+main()
