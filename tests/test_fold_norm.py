@@ -141,3 +141,11 @@ def test_fold_norm_property_random_shapes(d, h, rows, kind, gated, bias):
     x2 = torch.randn(rows + 1, 2, d)
     with torch.no_grad():
         assert _rel(reference(x2), net(x2)) <= 1e-5
+
+
+def test_norm_without_bias_adds_no_bias_to_its_readers():
+    model = surgeon.load_model("tiny-llama", num_layers=1)
+    surgeon.apply(model, [FoldNorm()])
+    assert model.model.layers[0].self_attn.q_proj.bias is None
+    [step] = surgeon.report(model)
+    assert step.params_before - step.params_after == 3 * 64  # only the three norm gains disappear

@@ -122,7 +122,7 @@ def test_graph_text_has_one_aligned_line_per_node_with_inputs_and_creator(after)
     assert "← gate_proj, up_proj" in row["mul"] and "[created by" not in row["mul"]
     assert row["up_proj"].endswith("[created by swap]")
     # Aligned: every row's op column starts where the header's does.
-    assert {r.index(n.op) for r, n in zip(rows, after.nodes)} == {lines[1].index("op")}
+    assert {r.index(n.op, len(n.id)) for r, n in zip(rows, after.nodes)} == {lines[1].index("op")}
 
 
 def test_diff_shows_removed_added_and_changed_nodes(before, after):
@@ -144,8 +144,16 @@ def test_diff_aligns_renamed_nodes_by_op_and_target():
             NodeView(n, n, "call_function", "operator.add") for n in names]
         return GraphView("g", nodes, [("x", names[0]), (names[0], names[1])])
 
-    # fx renamed add → add_1 and add_1 → add_2: same ops, same wiring, so nothing changed.
-    assert graph_diff_text(view(["add", "add_1"]), view(["add_1", "add_2"])).endswith("(no changes)")
+    # `add` became `add_5` (say, after a retrace): same op and target, same wiring, so nothing changed.
+    assert graph_diff_text(view(["add", "add_1"]), view(["add_5", "add_1"])).endswith("(no changes)")
+    # With another target too, it is a different node: removed, added, and its user rewired.
+    changed = view(["add_5", "add_1"])
+    changed.nodes[1] = NodeView("add_5", "add_5", "call_function", "operator.sub")
+    assert graph_diff_text(view(["add", "add_1"]), changed).splitlines()[1:] == [
+        "- add  call_function  operator.add",
+        "+ add_5  call_function  operator.sub",
+        "~ add_1  inputs: add (removed) → add_5",
+    ]
 
 
 # --- DOT -------------------------------------------------------------------------------------------------
@@ -270,7 +278,8 @@ def _render(page: str, tmp_path: Path) -> tuple[str, str]:
 
 def test_html_draws_every_node_in_headless_chromium(llama, after, tmp_path):
     _, cap = llama
-    views = scope_views(cap) + [after]
+    failed = GraphView("failed", [], [], note="capture failed: a reason")  # drawn as a note, no svg
+    views = scope_views(cap) + [failed, after]
     dom, stderr = _render(graph_html(views, "tiny-llama"), tmp_path)
 
     # The page logs nothing, so any console line at all (error, CSP refusal, warning) is a failure.
@@ -285,6 +294,7 @@ def test_html_draws_every_node_in_headless_chromium(llama, after, tmp_path):
     assert dom.count('class="node"') == len(expected)
     assert dom.count('class="edge"') == sum(len(v.edges) for v in views)
     assert dom.count("<option") == len(views)  # the scope selector
+    assert "capture failed: a reason" in dom
 
     colours = pass_colours(views)
     fills = {n["id"]: n["fill"] for n in parsed.nodes if n["view"] == len(views) - 1}

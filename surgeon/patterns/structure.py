@@ -201,6 +201,8 @@ def _probe_norm(module: nn.Module) -> NormInfo | None:
         bias = y_mean - gain * n_mean
         fit = gain * n + bias
         if (fit - y).norm() <= _NORM_TOL * max(float(y.norm()), 1e-30):
+            if getattr(module, "bias", None) is None:
+                bias = torch.zeros_like(bias)  # no bias parameter: the fit's ~1e-8 residue is not a bias
             return NormInfo(kind, eps, gain.detach(), bias.detach(), width)
     return None
 

@@ -70,8 +70,12 @@ _SCRIPT = r"""
     return e;
   }
   const colour = (n) => data.colours[n.created_by || "original"] || "#ffffff";
-  const subtitle = (n) => n.module_class || (n.op === "call_function" || n.op === "call_method"
-    ? String(n.target).split(".").pop() : n.op);
+  // Second line: the module class, else the function when the name does not already say it, else the shape.
+  const subtitle = (n) => {
+    if (n.module_class) return n.module_class;
+    const short = String(n.target).split(".").pop();
+    return n.label.startsWith(short) ? n.detail || n.op : short;
+  };
 
   // Longest-path layering over a Kahn order: each node sits one row below its deepest input.
   function layering(view) {
