@@ -10,9 +10,15 @@ For each layer count it times, on a freshly built model per run (built outside t
                        model with ``use_cache=False, return_dict=True`` (see /work/shared/GROUND.md).
 
 Each measurement is one untimed warm-up then the median of N runs (``time.perf_counter``). The table and
-the target verdicts are printed last. Usage::
+the target verdicts are printed last; progress goes to stderr.
 
-    python bench/capture.py [--layers 2 8 32 64] [--repeats 5] [--export-repeats 3] [--json out.json]
+torch runs with one intra-op thread by default (``--threads 0`` keeps torch's default, 2 on a 2-core
+machine). The tensors here are tiny, so a second thread buys nothing, and on a shared machine it costs a
+lot: with another process busy on one core, OpenMP's threads wait on each other and capture + fold_norm at
+32 layers took ~3.3 s instead of ~0.3 s. Usage::
+
+    python bench/capture.py [--layers 2 8 32 64] [--repeats 5] [--export-repeats 3] [--threads 1]
+                            [--json out.json]
 """
 
 from __future__ import annotations
@@ -128,7 +134,7 @@ def table(med: dict[int, dict[str, float]], repeats: int, export_repeats: int) -
         )
     lines.append("")
     lines.append(f"Medians of {repeats} runs (export: {export_repeats}), after one warm-up run per cell; "
-                 "fresh model per run.")
+                 f"fresh model per run; torch threads: {torch.get_num_threads()}.")
     if 32 in med and 64 in med:
         lines.append(f"time(64)/time(32), capture+fold: {med[64]['fold'] / med[32]['fold']:.2f}; "
                      f"capture alone: {med[64]['capture'] / med[32]['capture']:.2f}; "
@@ -163,8 +169,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, nargs="+", default=[2, 8, 32, 64])
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per surgeon cell")
     parser.add_argument("--export-repeats", type=int, default=3, help="timed runs per torch.export cell")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0: torch's default); see the module docstring")
     parser.add_argument("--json", metavar="PATH", help="write raw timings and environment here")
     args = parser.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     env = {
         "python": platform.python_version(),
@@ -178,8 +188,8 @@ def main() -> None:
     raw = benchmark(args.layers, args.repeats, args.export_repeats)
     med = medians(raw)
     env["loadavg_end"] = os.getloadavg()
-    print(f"total wall time {time.perf_counter() - start:.1f} s; load average at end "
-          f"{env['loadavg_end']} (other processes skew timings: torch's threads share the cores)", file=sys.stderr)
+    print(f"total wall time {time.perf_counter() - start:.1f} s; load average at end {env['loadavg_end']}",
+          file=sys.stderr)
 
     if args.json:
         with open(args.json, "w") as f:

@@ -9,7 +9,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
-from surgeon.persist.load import load
+from surgeon.persist.reader import load
 from surgeon.pipeline.certify import EXACT_RTOL, certificate
 from surgeon.runner import output_tensors, run_model
 

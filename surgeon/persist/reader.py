@@ -17,7 +17,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.persist.atomic import MANIFEST
-from surgeon.persist.save import FORMAT, FORMAT_VERSION
+from surgeon.persist.writer import FORMAT, FORMAT_VERSION
 from surgeon.persist.source import rebuild_base
 from surgeon.persist.tensorfile import file_sha256
 from surgeon.pipeline.manager import HISTORY_ATTR
