@@ -5,12 +5,12 @@ For each layer count it times, on a freshly built model per run (built outside t
 * ``capture``       -- ``surgeon.capture(model)``;
 * ``fold``          -- ``surgeon.apply(model, [FoldNorm()], certify=False)``: capture, find sites, fold,
                        re-capture to lint (the headline number);
-* ``fold+certify``  -- the same with ``certify=True`` (the default);
+* ``fold_certify``  -- the same with ``certify=True`` (the default);
 * ``export``        -- ``torch.export.export(wrapper, (), kwargs, strict=False)``, where the wrapper calls the
                        model with ``use_cache=False, return_dict=True`` (see /work/shared/GROUND.md).
 
-Each measurement is one untimed warm-up then the median of N runs (``time.perf_counter``). The table and
-the target verdicts are printed last; progress goes to stderr.
+Each cell is one untimed warm-up then the median of N runs (``time.perf_counter``); the four columns take
+turns run by run. The table and the target verdicts are printed last; progress goes to stderr.
 
 torch runs with one intra-op thread by default (``--threads 0`` keeps torch's default, 2 on a 2-core
 machine). The tensors here are tiny, so a second thread buys nothing, and on a shared machine it costs a
@@ -92,14 +92,8 @@ def time_once(fn, layers: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(fn, layers: int, repeats: int) -> list[float]:
-    """One warm-up run, then ``repeats`` timed runs, each on a fresh model."""
-    time_once(fn, layers)
-    return [time_once(fn, layers) for _ in range(repeats)]
-
-
 def benchmark(layer_counts: list[int], repeats: int, export_repeats: int) -> dict[int, dict[str, list[float]]]:
-    """Raw timings (seconds) per layer count and column."""
+    """Raw timings (seconds) per layer count and column; the columns take turns, so load drift hits all."""
     columns = {
         "capture": (run_capture, repeats),
         "fold": (run_fold, repeats),
@@ -108,11 +102,15 @@ def benchmark(layer_counts: list[int], repeats: int, export_repeats: int) -> dic
     }
     raw: dict[int, dict[str, list[float]]] = {}
     for layers in layer_counts:
-        raw[layers] = {}
-        for name, (fn, n) in columns.items():
-            raw[layers][name] = measure(fn, layers, n)
-            print(f"  {layers:>3} layers  {name:<13} median {statistics.median(raw[layers][name]):.3f} s",
-                  file=sys.stderr, flush=True)
+        raw[layers] = {name: [] for name in columns}
+        for fn, _ in columns.values():
+            time_once(fn, layers)  # warm-up
+        for i in range(max(repeats, export_repeats)):
+            for name, (fn, n) in columns.items():
+                if i < n:
+                    raw[layers][name].append(time_once(fn, layers))
+        summary = "  ".join(f"{k} {statistics.median(v):.3f}" for k, v in raw[layers].items())
+        print(f"  {layers:>3} layers  medians (s): {summary}", file=sys.stderr, flush=True)
     return raw
 
 
