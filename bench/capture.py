@@ -148,13 +148,15 @@ def verdicts(med: dict[int, dict[str, float]]) -> str:
         return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
     t32 = med[32]["fold"] if 32 in med else None
-    speedup = min(m["export"] / m["fold"] for m in med.values())
+    ratios = {n: m["export"] / m["fold"] for n, m in med.items()}
+    worst = min(ratios, key=ratios.get)
     scaling = med[64]["fold"] / med[32]["fold"] if 32 in med and 64 in med else None
     parts = [
         f"32 layers ≤ {TARGET_SECONDS_32} s: "
         + (f"{t32:.3f} s {mark(t32 <= TARGET_SECONDS_32)}" if t32 is not None else "n/a"),
-        f"≥ {TARGET_SPEEDUP:.0f}× faster than torch.export (smallest ratio over sizes): "
-        f"{speedup:.1f}× {mark(speedup >= TARGET_SPEEDUP)}",
+        f"≥ {TARGET_SPEEDUP:.0f}× faster than torch.export: "
+        + (f"at 32 layers {ratios[32]:.1f}× {mark(ratios[32] >= TARGET_SPEEDUP)}, " if 32 in ratios else "")
+        + f"at every size (worst {ratios[worst]:.1f}× at {worst} layers) {mark(ratios[worst] >= TARGET_SPEEDUP)}",
         f"time(64)/time(32) ≤ {TARGET_SCALING}: "
         + (f"{scaling:.2f} {mark(scaling <= TARGET_SCALING)}" if scaling is not None else "n/a"),
     ]

@@ -91,11 +91,18 @@ def test_trust_remote_code_is_never_implied(tmp_path, monkeypatch):
     assert seen == [False]
 
 
-def test_surgeon_output_dir_points_to_surgeon_load(tmp_path):
-    (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "surgeon.json").write_text("{}")
-    with pytest.raises(SurgeonError, match=r"surgeon\.load\(dir\)"):
-        load_model(tmp_path)
+def test_surgeon_output_dirs_load_through_load_model(tmp_path):
+    import surgeon
+
+    model = build_zoo_model("tiny-llama", num_layers=1)
+    surgeon.save(model, tmp_path / "out")
+    again = load_model(tmp_path / "out")
+    batch = example_inputs(model)
+    with torch.no_grad():
+        assert torch.equal(model(**batch).logits, again(**batch).logits)
+    (tmp_path / "out" / "surgeon.json").write_text("{}")
+    with pytest.raises(SurgeonError, match="not a surgeon manifest"):
+        load_model(tmp_path / "out")
 
 
 def test_dir_without_config_or_weights(tmp_path):
