@@ -106,13 +106,15 @@ def capture(
 def _capture_scopes(model: nn.Module, calls: dict[str, RecordedCall], *, verify: bool) -> dict[str, Scope]:
     blocks = find_blocks(model)
     by_key: dict[Any, Scope] = {}
+    memo: dict[int, tuple] = {}
     scopes: dict[str, Scope] = {}
     queue: list[tuple[str, str]] = [("", "model")]
     queued = {""}
     while queue:
         path, kind = queue.pop(0)
         module = model.get_submodule(path)
-        key = (kind, identity_key(module))
+        # The model scope is unique: hashing the whole model's structure would only cost time.
+        key = ("model",) if kind == "model" else (kind, identity_key(module, memo))
         scope = by_key.get(key)
         if scope is not None:
             scope.instances.append(path)

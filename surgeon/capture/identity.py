@@ -27,11 +27,17 @@ def _primitive_attrs(module: nn.Module) -> tuple:
     return tuple(items)
 
 
-def identity_key(module: nn.Module) -> tuple:
-    """A hashable key equal for modules that trace to the same graph."""
-    tensors = tuple(
-        (name, tuple(t.shape), t.dtype)
-        for name, t in [*module.named_parameters(), *module.named_buffers()]
-    )
-    structure = tuple((name, type(sub), _primitive_attrs(sub)) for name, sub in module.named_modules())
-    return (type(module), tensors, structure)
+def identity_key(module: nn.Module, memo: dict[int, tuple] | None = None) -> tuple:
+    """A hashable key equal for modules that trace to the same graph.
+
+    ``memo`` (id → key) lets one capture reuse the keys of submodules it already hashed.
+    """
+    if memo is not None and id(module) in memo:
+        return memo[id(module)]
+    own = tuple((name, tuple(t.shape), t.dtype)
+                for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)])
+    children = tuple((name, identity_key(child, memo)) for name, child in module.named_children())
+    key = (type(module), own, _primitive_attrs(module), children)
+    if memo is not None:
+        memo[id(module)] = key
+    return key

@@ -100,6 +100,18 @@ def find_blocks(model: nn.Module) -> set[int]:
     return blocks
 
 
+def block_ancestors(root: nn.Module, blocks: set[int]) -> set[int]:
+    """ids of the modules that contain a block (the root included), found in one walk."""
+    ancestors: set[int] = set()
+    by_path = dict(root.named_modules())
+    for path, module in by_path.items():
+        if id(module) in blocks and path:
+            parts = path.split(".")
+            for i in range(len(parts)):
+                ancestors.add(id(by_path[".".join(parts[:i])]))
+    return ancestors
+
+
 def _has_children(module: nn.Module) -> bool:
     return next(module.children(), None) is not None
 
@@ -145,7 +157,7 @@ def trace_scope(module: nn.Module, call: RecordedCall, *, kind: str, blocks: set
     fallbacks: list[tuple[str, str]] = []
     # The model scope inlines only the wrappers around the blocks (``LlamaForCausalLM`` → ``LlamaModel``),
     # so it shows the residual stream; every other composite (embeddings, MLPs, heads) stays a leaf.
-    wrappers = {id(m) for m in module.modules() if id(m) not in blocks and any(id(x) in blocks for x in m.modules())}
+    wrappers = block_ancestors(module, blocks)
 
     def leaf_fn(m: nn.Module, qualname: str) -> bool:
         rel = qualname[len(INNER) + 1 :]
