@@ -150,3 +150,15 @@ def test_real_subprocess_apply_and_verify(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "surgeon.cli", "verify", str(tmp_path / "missing")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "error:" in bad.stderr
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["passes"], "fold_norm"),
+    (["inspect", "tiny-llama", "--scope", "model.layers.0.mlp"], "gate_proj"),
+    (["diff", "tiny-llama", "--recipe", str(RECIPES / "fold_norm.yaml")], "WeightlessNorm"),
+])
+def test_real_subprocess_other_commands(args, expect):
+    run = subprocess.run([sys.executable, "-m", "surgeon.cli", *args], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert expect in run.stdout
