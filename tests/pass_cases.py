@@ -2,12 +2,15 @@
 
 ``tests/test_pass_matrix.py`` runs every row: the steps apply, each report keeps its declared guarantee,
 the recipe round-trips through plain data, and the result saves and reloads bit-identically. A pass
-without a row fails the matrix's coverage test. Add rows here when you add a pass.
+without a row fails the matrix's coverage test. A pass family adds its rows in its own module
+``tests/pass_cases_<family>.py`` defining ``CASES``; :func:`all_cases` gathers them.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from surgeon.passes import FoldNorm, SwapActivation
@@ -31,3 +34,11 @@ CASES: list[PassCase] = [
     PassCase("swap-bert", "tiny-bert", (SwapActivation(to="relu"),)),
     PassCase("fold+swap-qwen2", "tiny-qwen2", (FoldNorm(), SwapActivation(to="gelu_tanh"))),
 ]
+
+
+def all_cases() -> list[PassCase]:
+    """The rows above plus every ``tests/pass_cases_*.py`` module's ``CASES``."""
+    cases = list(CASES)
+    for path in sorted(Path(__file__).parent.glob("pass_cases_*.py")):
+        cases += importlib.import_module(path.stem).CASES
+    return cases

@@ -11,7 +11,9 @@ from surgeon.pipeline.recipe import Recipe
 from surgeon.pipeline.registry import registered_passes
 from surgeon.runner import output_tensors, run_model
 
-from pass_cases import CASES
+from pass_cases import all_cases
+
+CASES = all_cases()
 
 
 def test_every_registered_pass_has_a_matrix_row():
