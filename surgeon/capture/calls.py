@@ -2,8 +2,8 @@
 
 Capture needs, for every module it traces, one real call: the positional and keyword arguments (to
 build a root whose placeholders are that call's tensors), and the output (to check the graph against
-eager). Hooks keep references, not copies: a tiny model's activations cost little, and the tensors are
-the very objects that flowed between modules, which the data-flow probe relies on.
+eager). Hooks keep copies of the tensors, taken when the module returns: code after it may update them in
+place. Example batches are small, so the copies cost little.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ class RecordedCall:
         return [leaf for leaf in leaves if isinstance(leaf, torch.Tensor)]
 
 
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().clone()
+
+
 def record_calls(
     modules: Iterable[tuple[str, nn.Module]], run: Callable[[], Any]
 ) -> dict[str, RecordedCall]:
@@ -40,6 +44,9 @@ def record_calls(
     def make_hook(path: str):
         def hook(module, args, kwargs, output):
             if path not in calls:
+                # Copies, because later code may update these tensors in place (Falcon adds the
+                # attention output into the MLP's output with `+=`), which would corrupt the record.
+                args, kwargs, output = pytree.tree_map_only(torch.Tensor, _snapshot, (args, kwargs, output))
                 calls[path] = RecordedCall(tuple(args), dict(kwargs), output)
 
         return hook
