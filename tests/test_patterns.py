@@ -13,6 +13,7 @@ import surgeon
 from surgeon.capture import capture
 from surgeon.patterns import (
     GATED_MLP,
+    NORM_TO_LINEAR,
     MatchContext,
     Pattern,
     anything,
@@ -195,3 +196,19 @@ def test_softmax_sites_are_found_by_running_uncaptured_attention():
     model = surgeon.load_model("tiny-gpt2", num_layers=1)
     sites = softmax_sites(capture(model))
     assert [(s.path, s.node) for s in sites] == [("transformer.h.0.attn", None)]
+
+
+def test_norm_to_linear_pattern_matches_each_edge():
+    class Fan(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln = nn.LayerNorm(8)
+            self.q, self.k, self.other = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            h = self.ln(x)
+            return self.q(h) + self.k(h) + self.other(x)
+
+    graph, ctx = _graph(Fan(), torch.randn(2, 8))
+    found = sorted((m.target("norm"), m.target("linear")) for m in find(NORM_TO_LINEAR, graph, ctx))
+    assert found == [("ln", "k"), ("ln", "q")]

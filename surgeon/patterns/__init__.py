@@ -15,6 +15,7 @@ from surgeon.patterns.core import (
 )
 from surgeon.patterns.library import (
     GATED_MLP,
+    NORM_TO_LINEAR,
     SOFTMAX,
     MlpSite,
     NormSite,
@@ -22,6 +23,7 @@ from surgeon.patterns.library import (
     activation,
     linear,
     mlp_sites,
+    norm,
     norm_sites,
     plain_mlp,
     softmax_sites,

@@ -40,6 +40,11 @@ def activation(**kw):
                   function(*ACTIVATION_FUNCTIONS, label="act_fn"), method(*ACTIVATION_METHODS, label="act_method"))
 
 
+def norm(**kw):
+    """A call of a norm module (RMS or layer norm, recognised by what it computes)."""
+    return module(lambda m: norm_info(m) is not None, label="norm", **kw)
+
+
 def multiply():
     """An elementwise product (``a * b``, ``torch.mul``, ``a.mul(b)``)."""
     return either(function(operator.mul, torch.mul), method("mul"))
@@ -74,6 +79,10 @@ GATED_MLP = Pattern(
 INTERMEDIATE_HALF = Pattern("intermediate_half", {"fc1": linear(), "act": activation()}, (("fc1", "act"),),
                             closed=("fc1",))
 OUTPUT_HALF = Pattern("output_half", {"x": anything(op="placeholder"), "fc2": linear()}, (("x", "fc2"),))
+
+# One norm → Linear edge per match (a norm feeding q, k and v gives three matches); ``norm_sites``
+# adds what a pattern cannot say: that *every* reader is Linear-like, looking into leaves.
+NORM_TO_LINEAR = Pattern("norm_to_linear", {"norm": norm(), "linear": linear()}, (("norm", "linear"),))
 
 SOFTMAX = either(function(F.softmax, torch.softmax, label="softmax"), method("softmax"))
 
