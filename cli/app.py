@@ -176,7 +176,7 @@ def inspect(
 
 
 def _print_sites(model, cap: Capture) -> None:
-    ctx = PassContext(model, lambda m: cap)
+    ctx = PassContext(model, lambda m, previous: cap)
     console.print("[bold]targetable sites[/] (paths a step's `target` selects)")
     for name, handler in registered_passes().items():
         if name.startswith("test_"):

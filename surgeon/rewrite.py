@@ -8,7 +8,6 @@ scope's module, wrapped in :class:`CapturedModule` so callers keep calling it as
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
@@ -17,6 +16,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from surgeon.capture import Capture, RecordedCall
+from surgeon.capture.scopes import bind_graph
 from surgeon.errors import SurgeonError
 
 
@@ -63,26 +63,7 @@ def instance_graph_module(cap: Capture, path: str) -> fx.GraphModule:
     if scope is None or scope.graph_module is None:
         raise SurgeonError(f"{path or '<model>'} has no captured graph",
                            fix="Inspect the capture report for the reason")
-    graph = copy.deepcopy(scope.graph_module.graph)
-    instance = cap.model.get_submodule(path)
-    attrs: dict[str, Any] = {}
-    for node in graph.nodes:
-        if node.op in ("call_module", "get_attr"):
-            try:
-                attrs[node.target] = _resolve(instance, node.target)
-            except AttributeError:
-                attrs[node.target] = _resolve(scope.graph_module, node.target)
-    gm = fx.GraphModule(attrs, graph, class_name=scope.graph_module.__class__.__name__)
-    for name in dir(scope.graph_module):
-        if name.startswith("_surgeon_const_"):
-            setattr(gm, name, getattr(scope.graph_module, name))
-    return gm
-
-
-def _resolve(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return bind_graph(scope.graph_module, cap.model.get_submodule(path))
 
 
 class CapturedModule(nn.Module):

@@ -137,3 +137,17 @@ def test_graph_that_diverges_from_eager_is_rejected():
     cap = capture(Stateful(), torch.randn(2, 3))
     assert not cap.scopes[""].ok
     assert "differs from eager" in cap.scopes[""].failure
+
+
+def test_recapture_after_a_pass_reuses_unchanged_scopes_and_retraces_changed_ones():
+    from surgeon.passes import FoldNorm
+
+    model = surgeon.load_model("tiny-llama", num_layers=3)
+    first = capture(model)
+    surgeon.apply(model, [FoldNorm()])
+    second = capture(model, previous=first)
+    assert second.scope_at("model.layers.0.mlp").reused and second.scope_at("model.layers.0.self_attn").reused
+    assert not second.scope_at("model.layers.0").reused  # its norms were replaced: traced again
+    assert second.scopes[""].reused and second.scopes[""].ok  # same wrappers; verified against eager again
+    assert "WeightlessNorm" in str(second.scope_at("model.layers.0").graph_module.input_layernorm)
+    assert _check_scopes_at_new_shape(model, second) >= 4

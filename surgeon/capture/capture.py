@@ -10,14 +10,17 @@ import torch
 from torch import nn
 
 from surgeon.capture.calls import RecordedCall, record_calls
-from surgeon.capture.identity import identity_key
+from surgeon.capture.identity import identity_key, shallow_key
 from surgeon.capture.scopes import (
     CAPTURE_RTOL,
     Scope,
+    bind_graph,
+    block_ancestors,
     find_blocks,
     iter_module_paths,
     join,
     relative,
+    same_signature,
     trace_scope,
     verify_scope,
 )
@@ -74,6 +77,7 @@ def capture(
     inputs: Mapping[str, Any] | torch.Tensor | None = None,
     *,
     verify: bool = True,
+    previous: Capture | None = None,
 ) -> Capture:
     """Capture ``model`` into nested fx scopes (DESIGN.md §1).
 
@@ -81,6 +85,10 @@ def capture(
     :func:`surgeon.example_inputs`. Every scope is traced from the call it received on that batch, and,
     with ``verify``, checked to reproduce that call's eager output (relative error ≤ 1e-6, else the scope
     counts as failed). Identical modules (same class, shapes and configuration) share one graph.
+
+    ``previous`` is an earlier capture of the same model (before a pass changed it): scopes whose
+    structure and call signature did not change reuse its graphs instead of being traced again. Reused
+    graphs are not re-verified, except the model scope's, whose leaves may have been replaced.
     """
     start = time.perf_counter()
     if inputs is None:
@@ -97,13 +105,17 @@ def capture(
     model.eval()
     try:
         calls = record_calls(composite, run)
-        scopes = _capture_scopes(model, calls, verify=verify)
+        reusable = {}
+        if previous is not None and previous.model is model:
+            reusable = {s.key: s for s in previous.scopes.values() if s.ok and s.key is not None}
+        scopes = _capture_scopes(model, calls, verify=verify, reusable=reusable)
     finally:
         model.train(was_training)
     return Capture(model, scopes, calls, inputs, seconds=time.perf_counter() - start)
 
 
-def _capture_scopes(model: nn.Module, calls: dict[str, RecordedCall], *, verify: bool) -> dict[str, Scope]:
+def _capture_scopes(model: nn.Module, calls: dict[str, RecordedCall], *, verify: bool,
+                    reusable: dict[Any, Scope]) -> dict[str, Scope]:
     blocks = find_blocks(model)
     by_key: dict[Any, Scope] = {}
     memo: dict[int, tuple] = {}
@@ -113,13 +125,14 @@ def _capture_scopes(model: nn.Module, calls: dict[str, RecordedCall], *, verify:
     while queue:
         path, kind = queue.pop(0)
         module = model.get_submodule(path)
-        # The model scope is unique: hashing the whole model's structure would only cost time.
-        key = ("model",) if kind == "model" else (kind, identity_key(module, memo))
+        # The model scope's graph depends on the wrappers around the blocks, not on what its leaves hold.
+        key = ("model", wrapper_key(model, blocks)) if kind == "model" else (kind, identity_key(module, memo))
         scope = by_key.get(key)
         if scope is not None:
             scope.instances.append(path)
         else:
-            scope = _new_scope(module, path, kind, calls.get(path), blocks, verify)
+            scope = _new_scope(module, path, kind, calls.get(path), blocks, verify, reusable.get(key))
+            scope.key = key
             by_key[key] = scope
             scopes[path] = scope
         # Composite leaves become scopes of their own; identical instances reuse the first graph's leaves.
@@ -132,13 +145,26 @@ def _capture_scopes(model: nn.Module, calls: dict[str, RecordedCall], *, verify:
     return scopes
 
 
-def _new_scope(module, path, kind, call, blocks, verify) -> Scope:
+def wrapper_key(model: nn.Module, blocks: set[int]) -> tuple:
+    """The model scope's structure: every wrapper module inlined in it (not the leaves' insides)."""
+    wrappers = block_ancestors(model, blocks)
+    return tuple((path, shallow_key(m)) for path, m in model.named_modules() if id(m) in wrappers)
+
+
+def _new_scope(module, path, kind, call, blocks, verify, old: Scope | None = None) -> Scope:
     scope = Scope(path=path, instances=[path], module_class=type(module).__name__, kind=kind, call=call)
     if call is None:
         scope.failure = "not called when the model ran on the example inputs"
         return scope
     start = time.perf_counter()
-    gm, fallbacks, failure = trace_scope(module, call, kind=kind, blocks=blocks)
+    if old is not None and same_signature(old.call, call):
+        gm, fallbacks, failure = bind_graph(old.graph_module, module), list(old.fallbacks), None
+        scope.reused = True
+        # Same structure and call: the retrace would give the same graph, already verified. The model
+        # scope is the exception: its leaves (blocks, norms, heads) may have been replaced.
+        verify = verify and kind == "model"
+    else:
+        gm, fallbacks, failure = trace_scope(module, call, kind=kind, blocks=blocks)
     scope.fallbacks = fallbacks
     if gm is not None and verify:
         try:

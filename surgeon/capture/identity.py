@@ -41,3 +41,10 @@ def identity_key(module: nn.Module, memo: dict[int, tuple] | None = None) -> tup
     if memo is not None:
         memo[id(module)] = key
     return key
+
+
+def shallow_key(module: nn.Module) -> tuple:
+    """A module's own structure: class, own tensors, configuration attributes and child names."""
+    own = tuple((name, tuple(t.shape), t.dtype)
+                for name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)])
+    return (type(module), own, _primitive_attrs(module), tuple(name for name, _ in module.named_children()))

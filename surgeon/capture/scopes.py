@@ -16,6 +16,7 @@ fallback); the report names each such child and why.
 from __future__ import annotations
 
 import builtins
+import copy
 import keyword
 import time
 from dataclasses import dataclass, field
@@ -52,6 +53,8 @@ class Scope:
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     failure: str | None = None
     trace_seconds: float = 0.0
+    key: Any = field(default=None, repr=False)  # what made instances identical; reuse across captures
+    reused: bool = False  # the graph came from the previous capture (same structure, rebound)
 
     @property
     def graph(self) -> fx.Graph | None:
@@ -209,6 +212,46 @@ def _build_graph_module(module, root, tracer, graph: fx.Graph) -> fx.GraphModule
     for name, value in tracer.lifted.items():
         setattr(gm, name, value)
     return gm
+
+
+def bind_graph(graph_module: fx.GraphModule, module: nn.Module) -> fx.GraphModule:
+    """A copy of ``graph_module``'s graph bound to ``module``'s submodules (another identical instance,
+    or the same module after a pass replaced some of its leaves); lifted constants are carried over."""
+    graph = copy.deepcopy(graph_module.graph)
+    attrs: dict[str, Any] = {}
+    for node in graph.nodes:
+        if node.op in ("call_module", "get_attr"):
+            try:
+                attrs[node.target] = _resolve(module, node.target)
+            except AttributeError:
+                attrs[node.target] = _resolve(graph_module, node.target)
+    bound = fx.GraphModule(attrs, graph, class_name=graph_module.__class__.__name__)
+    for name in dir(graph_module):
+        if name.startswith("_surgeon_const_"):
+            setattr(bound, name, getattr(graph_module, name))
+    return bound
+
+
+def same_signature(a: RecordedCall, b: RecordedCall) -> bool:
+    """True when two calls have the same structure, constants, and tensor dtypes and ranks: a graph
+    traced from one is valid for the other."""
+    leaves_a, spec_a = pytree.tree_flatten((a.args, a.kwargs))
+    leaves_b, spec_b = pytree.tree_flatten((b.args, b.kwargs))
+    if spec_a != spec_b:
+        return False
+    for x, y in zip(leaves_a, leaves_b):
+        if isinstance(x, torch.Tensor) != isinstance(y, torch.Tensor):
+            return False
+        if isinstance(x, torch.Tensor):
+            if x.dtype != y.dtype or x.dim() != y.dim() or x.device != y.device:
+                return False
+        elif x is not y:
+            try:
+                if not bool(x == y):
+                    return False
+            except Exception:  # noqa: BLE001 - objects without plain equality
+                return False
+    return True
 
 
 def _resolve(obj: Any, dotted: str) -> Any:

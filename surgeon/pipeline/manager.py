@@ -50,7 +50,7 @@ def apply(
 
         sample = example_inputs(model)
     history: list[PassReport] = getattr(model, HISTORY_ATTR, None) or []
-    ctx = PassContext(model, lambda m: capture(m, sample), calibration)
+    ctx = PassContext(model, lambda m, previous: capture(m, sample, previous=previous), calibration)
     for index, config in enumerate(recipe):
         ctx.history = tuple(r.name for r in history)
         history.append(run_step(ctx, len(history), config, sample, certify=certify))

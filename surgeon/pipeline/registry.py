@@ -42,9 +42,11 @@ class PassContext:
     """What a handler may use: the model, its current capture, the calibration batches, prior passes."""
 
     def __init__(self, model: nn.Module, capture_fn, calibration=None, history: tuple[str, ...] = ()):
+        """``capture_fn(model, previous)`` captures the model, reusing ``previous`` (or None) where it can."""
         self.model = model
         self._capture_fn = capture_fn
         self._capture = None
+        self._previous = None
         self.calibration = calibration
         self.history = history
 
@@ -52,11 +54,14 @@ class PassContext:
     def capture(self):
         """The model's capture, taken on first use after each change."""
         if self._capture is None:
-            self._capture = self._capture_fn(self.model)
+            self._capture = self._capture_fn(self.model, self._previous)
+            self._previous = None
         return self._capture
 
     def invalidate(self) -> None:
-        """Forget the capture (the model changed)."""
+        """Forget the capture (the model changed); the next one reuses its unchanged scopes."""
+        if self._capture is not None:
+            self._previous = self._capture
         self._capture = None
 
 
