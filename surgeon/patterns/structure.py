@@ -211,7 +211,10 @@ def _probe_norm(module: nn.Module) -> NormInfo | None:
 
 
 def is_activation(module: nn.Module) -> bool:
-    """True for parameterless childless modules that act elementwise and are not the identity."""
+    """True for parameterless childless modules that act elementwise and are not the identity, and for
+    learnable activations that declare themselves with ``surgeon_activation = True`` (PolyReLU, ...)."""
+    if getattr(module, "surgeon_activation", False) is True:
+        return True
     return _cached(module, "activation", lambda: _probe_activation(module))
 
 

@@ -89,7 +89,9 @@ def run_step(ctx: PassContext, index: int, config: PassConfig, sample, *, certif
     _check_counts(config, handler, selected, rep.skipped, found, where)
     failures_before = set(ctx.capture.failures())
     snapshot = Snapshot(ctx.model, sample, [s.scope for s in selected]) if certify else None
+    ctx.notes = []
     rep.changed = bool(handler.rewrite(ctx, config, selected))
+    rep.notes += ctx.notes
     rep.records = [getattr(s, "record", None) for s in selected if getattr(s, "record", None) is not None]
     ctx.invalidate()
     handler.ensures(ctx, config, selected)

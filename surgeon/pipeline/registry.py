@@ -47,6 +47,7 @@ class PassContext:
         self._capture_fn = capture_fn
         self._capture = None
         self._previous = None
+        self.notes: list[str] = []  # lines a handler wants in its step's report (achieved sparsity, ...)
         self.calibration = calibration
         self.history = history
 
