@@ -81,7 +81,7 @@ def main() -> None:
     try:
         phase("apply", lambda: surgeon.apply(model, RECIPE))
         phase("save", lambda: surgeon.save(model, out))
-        del model
+        model = None  # drop the in-memory model before loading the saved one
         phase("load", lambda: surgeon.load(out))
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)

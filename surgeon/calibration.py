@@ -103,3 +103,46 @@ def _tensor_batches(path: Path, batch_size: int) -> list[dict[str, torch.Tensor]
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def collect_inputs(model: nn.Module, paths: list[str], batches: list[Any], *, max_rows: int | None = None,
+                   seed: int = 0, dtype: torch.dtype = torch.float32, drop_padding: bool = False
+                   ) -> dict[str, torch.Tensor]:
+    """Per module path, the rows (tokens) of its first input over ``batches``, as (rows, width) on the CPU.
+
+    With ``drop_padding``, tokens whose ``attention_mask`` is 0 are left out (when the input has the
+    batch's token layout). With ``max_rows``, that many rows are drawn uniformly (seeded), so long
+    calibration sets stay cheap.
+    """
+    from surgeon.runner import run_model
+
+    rows: dict[str, list[torch.Tensor]] = {p: [] for p in paths}
+    mask_now: list = [None]
+
+    def hook_for(path: str):
+        def hook(_module, args):
+            x = args[0].detach()
+            mask = mask_now[0]
+            if drop_padding and mask is not None and tuple(mask.shape) == tuple(x.shape[:-1]):
+                x = x[mask.bool()]
+            rows[path].append(x.reshape(-1, x.shape[-1]).to("cpu", dtype))
+
+        return hook
+
+    handles = [model.get_submodule(p).register_forward_pre_hook(hook_for(p)) for p in paths]
+    try:
+        for batch in batches:
+            mask_now[0] = batch.get("attention_mask") if isinstance(batch, dict) else None
+            run_model(model, batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for path, parts in rows.items():
+        x = torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+        if max_rows is not None and x.shape[0] > max_rows:
+            x = x[torch.randperm(x.shape[0], generator=gen)[:max_rows]]
+        out[path] = x
+    return out

@@ -79,6 +79,35 @@ def _dynamic_forward(x_ptr, y_ptr, n_rows, width, group_size, qmax,
     tl.store(y_ptr + offs, (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _dynamic_forward_looped(x_ptr, y_ptr, n_rows, width, group_size, qmax,
+                            BLOCK_M: tl.constexpr, CHUNK: tl.constexpr):
+    # Large groups (per-token scales over thousands of channels) do not fit in registers: one pass over
+    # the group for the absmax, a second to quantise (the second read mostly hits the cache).
+    pid_m = tl.program_id(0)
+    grp = tl.program_id(1)
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_rows
+    base = rows[:, None] * width + grp * group_size
+    amax = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for start in range(0, group_size, CHUNK):
+        cols = start + tl.arange(0, CHUNK)
+        mask = row_ok[:, None] & (cols[None, :] < group_size)
+        x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        amax = tl.maximum(amax, tl.max(tl.abs(x), 1))
+    s = (tl.maximum(amax, 1e-8) / qmax)[:, None]
+    for start in range(0, group_size, CHUNK):
+        cols = start + tl.arange(0, CHUNK)
+        mask = row_ok[:, None] & (cols[None, :] < group_size)
+        x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        q = tl.minimum(tl.maximum(_round_half_even(x / s), -qmax - 1.0), qmax)
+        tl.store(y_ptr + base + cols[None, :], (q * s).to(y_ptr.dtype.element_ty), mask=mask)
+
+
+LOOP_ABOVE = 1024  # groups wider than this use the looped kernel
+CHUNK = 1024
+
+
 def _launch_shape(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, int, int, int]:
     x2d = x.contiguous()
     n_rows, width = x2d.shape
@@ -115,6 +144,11 @@ def fake_quant_dynamic_forward(x, group_size: int, bits: int, *, block_m: int = 
     """Symmetric fake quantisation with per-(row, group) absmax scales computed in the kernel."""
     x2d, n_rows, width, n_groups = _launch_shape(x, group_size)
     y = torch.empty_like(x2d) if out is None else out
+    if group_size > LOOP_ABOVE:
+        rows_per_program = 4
+        _dynamic_forward_looped[(triton.cdiv(n_rows, rows_per_program), n_groups)](
+            x2d, y, n_rows, width, group_size, float(2 ** (bits - 1) - 1), BLOCK_M=rows_per_program, CHUNK=CHUNK)
+        return y
     _dynamic_forward[(triton.cdiv(n_rows, block_m), n_groups)](
         x2d, y, n_rows, width, group_size, float(2 ** (bits - 1) - 1),
         BLOCK_M=block_m, GROUP=triton.next_power_of_2(group_size))

@@ -11,6 +11,8 @@ from typing import Callable
 
 from torch import nn
 
+from surgeon.passes.activations.layers import CRReLU, PolyNorm, PolyReLU
+
 ActivationFactory = Callable[[], nn.Module]
 
 _ACTIVATIONS: dict[str, ActivationFactory] = {
@@ -18,6 +20,9 @@ _ACTIVATIONS: dict[str, ActivationFactory] = {
     "gelu": nn.GELU,
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "relu": nn.ReLU,
+    "polyrelu": PolyReLU,
+    "polynorm": PolyNorm,
+    "crrelu": CRReLU,
 }
 
 

@@ -39,7 +39,7 @@ class SwapActivationPass(PassHandler):
     """Replaces MLP activations with a registered activation."""
 
     preserves = "changes"
-    paper = "(general; the activation studies of PolyCom and CRReLU build on it)"
+    paper = "(general); PolyCom (Zhuo et al., 2024) and CRReLU (EAFO, arXiv 2405.12954) activations"
     summary = "Replace the activation inside matched MLPs by a registered activation."
     site_kind = "MLP"
 

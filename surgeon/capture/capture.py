@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from surgeon.capture.scopes import (
     verify_scope,
 )
 from surgeon.runner import call_kwargs
+
+if TYPE_CHECKING:
+    from surgeon.capture.report import CaptureReport
 
 
 @dataclass

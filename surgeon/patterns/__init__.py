@@ -30,4 +30,9 @@ from surgeon.patterns.library import (
 )
 from surgeon.patterns.structure import LinearView, NormInfo, is_activation, is_linear, is_norm, linear_view, norm_info
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = [
+    "GATED_MLP", "NORM_TO_LINEAR", "SOFTMAX", "LinearView", "Match", "MatchContext", "MlpSite", "NodeSpec",
+    "NormInfo", "NormSite", "Pattern", "SoftmaxSite", "activation", "anything", "either", "find", "find_all",
+    "function", "is_activation", "is_linear", "is_norm", "linear", "linear_view", "method", "mlp_sites",
+    "module", "norm", "norm_info", "norm_sites", "plain_mlp", "softmax_sites",
+]

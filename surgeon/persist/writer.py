@@ -121,9 +121,9 @@ def _jsonable(value: Any) -> Any:
 def render_report(manifest: dict[str, Any]) -> str:
     """A human-readable summary of a manifest (the saved ``report.md``)."""
     src = manifest["source"]
-    lines = [f"# surgeon output", "", f"- created: {manifest['created']}",
+    lines = ["# surgeon output", "", f"- created: {manifest['created']}",
              f"- source: {src.get('class')} ({json.dumps(src.get('origin'))})",
-             f"- versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in manifest["versions"].items()),
              f"- shards: {len(manifest['shards'])}", "", "## Passes", ""]
     if not manifest["reports"]:
         lines.append("No passes were applied.")

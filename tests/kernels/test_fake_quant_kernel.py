@@ -59,7 +59,8 @@ def test_static_backward_ste_and_lsq(rows, width, group):
     assert (dx == 0).any() and (dx != 0).any()  # both clipped and passed-through elements were exercised
 
 
-@pytest.mark.parametrize("rows,width,group,bits", [(5, 48, 24, 4), (9, 64, 64, 8), (3, 30, 10, 3)])
+@pytest.mark.parametrize("rows,width,group,bits", [(5, 48, 24, 4), (9, 64, 64, 8), (3, 30, 10, 3),
+                                                  (6, 2500, 2500, 8)])  # the last uses the looped kernel
 def test_dynamic_forward(rows, width, group, bits):
     x = torch.randn(rows, width)
     out = torch.full_like(x, float("nan"))

@@ -1,0 +1,85 @@
+"""Fitting the KAN-family functions to a target function on samples of their real inputs.
+
+Every fit is weighted by the distribution it is given (the samples themselves), in float64, so a layer is
+fitted where its pre-activations actually lie — not on a fixed range (METHODS.md A.2's surgery note: a
+GELU fit on [−3, 3] fails on MiniLM, whose pre-activations reach −17 and +25).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from surgeon.passes.kan.basis import bspline_basis
+from surgeon.passes.kan.layers import DEN_DEGREE, NUM_DEGREE
+
+Fn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit KAT's group rational to ``target`` on samples (groups, N): shared numerator (6,), denominators (g, 4).
+
+    Least squares in a scaled variable t = x / s (s = max |x|), so powers up to 5 stay well conditioned:
+    first the linearised problem P(t) − f·(Q(t) − 1) = f on all samples, then L-BFGS on the true objective
+    Σ_g mean_x (P/Q_g − f)² over the shared numerator and every group's denominator.
+    """
+    x = samples.double()
+    f = target(x).double()
+    s = float(x.abs().max().clamp_min(1e-6))
+    t = x / s
+    tp = torch.stack([t ** i for i in range(NUM_DEGREE + 1)], -1)                  # (g, N, 6)
+    at = torch.stack([t.abs() ** j for j in range(1, DEN_DEGREE + 1)], -1)        # (g, N, 4)
+    design = torch.cat([tp, -f[..., None] * at], -1).reshape(-1, NUM_DEGREE + 1 + DEN_DEGREE)
+    sol = torch.linalg.lstsq(design, f.reshape(-1, 1)).solution.squeeze(1)
+    alpha = sol[: NUM_DEGREE + 1].clone().requires_grad_(True)
+    beta = sol[NUM_DEGREE + 1:].abs().repeat(x.shape[0], 1).clone().requires_grad_(True)
+    scale = f.pow(2).mean().clamp_min(1e-12)
+
+    def loss_fn():
+        p = (tp * alpha).sum(-1)
+        q = 1 + (at * beta.abs()[:, None, :]).sum(-1)
+        return ((p / q - f) ** 2).mean() / scale
+
+    opt = torch.optim.LBFGS([alpha, beta], max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                            tolerance_change=1e-15, history_size=50)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    powers_num = torch.tensor([s ** -i for i in range(NUM_DEGREE + 1)], dtype=torch.float64)
+    powers_den = torch.tensor([s ** -j for j in range(1, DEN_DEGREE + 1)], dtype=torch.float64)
+    return alpha.detach() * powers_num, beta.detach().abs() * powers_den
+
+
+def spline_fit(samples: torch.Tensor, knots: torch.Tensor, order: int, target: Fn, *,
+               ridge: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares ``w·SiLU(x) + Σ c_m B_m(x) ≈ target(x)`` per channel on samples (N, C).
+
+    Returns (w (C,), c (C, G+k)). A tiny ridge (relative to the Gram diagonal) keeps basis functions that no sample reaches at zero.
+    """
+    x = samples.double()
+    f = target(x).double()
+    b = bspline_basis(x, knots.double(), order)                                    # (N, C, G+k)
+    design = torch.cat([F.silu(x)[..., None], b], -1).transpose(0, 1)              # (C, N, M)
+    gram = design.transpose(1, 2) @ design
+    scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
+    gram = gram + ridge * scale * torch.eye(gram.shape[-1], dtype=gram.dtype)
+    rhs = design.transpose(1, 2) @ f.T[..., None]
+    sol = torch.linalg.solve(gram, rhs).squeeze(-1)
+    return sol[:, 0], sol[:, 1:]
+
+
+def gaussian_gain(fn: Fn, *, n: int = 200_000, seed: int = 0) -> float:
+    """KAT's variance-preserving gain α with α² = E[F(x)²] / Var(x), x ~ N(0, 1), by Monte Carlo."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g)
+    with torch.no_grad():
+        return math.sqrt(float(fn(x[:, None]).double().pow(2).mean()))

@@ -1,0 +1,221 @@
+"""Initialising a built ``kan`` site: ``fit``, ``distill`` or ``scratch`` (the ``init`` option).
+
+* ``fit``: each new function is fitted to the function it replaces (identity for F1 / first-layer edges,
+  the model's activation for F2 / edges that absorb it) on that site's own recorded inputs; KAN-layer edges
+  start as original weight × per-channel fit, so ``y_j = Σ_i W_ji f_i(x_i)`` reproduces the MLP.
+* ``distill``: ``fit``, then a short deterministic full-batch Adam fit of the whole new MLP to the original
+  MLP's outputs (calibration inputs, or inputs drawn from the recorded per-channel mean and std).
+* ``scratch``: KAT's from-scratch init: functions fitted on x ~ N(0, 1), Linear weights redrawn with
+  std gain/√fan_in where gain² = E[F(x)²] for the function in front (computed by Monte Carlo).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from surgeon.passes.kan.basis import adaptive_knots, rational
+from surgeon.passes.kan.build import absorbs_activation, inputs_of, mlp_forward
+from surgeon.passes.kan.fit import gaussian_gain, rational_fit, spline_fit
+from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
+from surgeon.patterns import linear_view
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    """The function F1 and first-layer edges start from."""
+    return x
+
+
+def grouped_samples(samples: torch.Tensor, groups: int) -> torch.Tensor:
+    """(N, C) → (groups, N·C/groups): each group's channels pooled."""
+    n, c = samples.shape
+    return samples.reshape(n, groups, c // groups).transpose(0, 1).reshape(groups, -1)
+
+
+@torch.no_grad()
+def fit_activation(module: nn.Module, samples: torch.Tensor, target, config) -> None:
+    """Fit a pure group activation to ``target`` on samples (N, C) of its input (in place)."""
+    pooled = grouped_samples(samples, module.groups)
+    if len(pooled[0]) > config.fit_samples:  # subsample every group alike, deterministically
+        idx = torch.randperm(len(pooled[0]), generator=torch.Generator().manual_seed(config.seed))
+        pooled = pooled[:, idx[: config.fit_samples]]
+    if isinstance(module, GroupRational):
+        num, den = rational_fit(pooled, target)
+        module.numerator.copy_(num)
+        module.denominator.copy_(den)
+    else:
+        knots = adaptive_knots(pooled.T, module.grid, module.order, config.grid_eps)
+        w, c = spline_fit(pooled.T, knots, module.order, target)
+        module.knots.copy_(knots)
+        module.silu.copy_(w)
+        module.coef.copy_(c)
+
+
+@torch.no_grad()
+def fit_kan_layer(layer: nn.Module, samples: torch.Tensor, target, weight: torch.Tensor,
+                  bias: torch.Tensor | None, config) -> None:
+    """Pure KAN layer whose edge i→j starts as ``weight_ji · f_i`` with f_i ≈ ``target`` on channel i."""
+    bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+    if isinstance(layer, BSplineKANLinear):
+        knots = adaptive_knots(samples, layer.grid, layer.order, config.grid_eps)
+        w, c = spline_fit(samples, knots, layer.order, target)
+        layer.knots.copy_(knots)
+        layer.base_weight.copy_(weight * w[None, :])
+        layer.spline_weight.copy_(weight[:, :, None] * c[None, :, :])
+        layer.bias.copy_(bias)
+    else:
+        layer.linear.weight.copy_(weight)
+        layer.linear.bias.copy_(bias)
+        if target is not identity:
+            fit_activation(layer.rational, samples, target, config)
+
+
+def _weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    view = linear_view(module)
+    bias = view.bias()
+    return view.weight().detach().double(), None if bias is None else bias.detach().double()
+
+
+@torch.no_grad()
+def init_fit(model: nn.Module, record: dict[str, Any], originals: dict[str, nn.Module],
+             data: dict[str, torch.Tensor], config) -> None:
+    """``init: fit`` (see module docstring). ``originals`` maps paths to the replaced modules."""
+    get = model.get_submodule
+    residual = record["form"] == "residual"
+    if record["structure"] == "kat":
+        if residual:
+            return  # residual corrections start at zero: already exact
+        for path in inputs_of(record):
+            f1 = get(path).act
+            if isinstance(f1, GroupBSpline):  # a rational starts as the exact identity; a spline must be fitted
+                fit_activation(f1, data["x"], identity, config)
+        fit_activation(get(record["act"]), data["pre"], originals[record["act"]], config)
+        return
+    for path in inputs_of(record):
+        _kan_from_linear(get(path), originals[path], data["x"], identity, residual, config)
+    second = originals[record["act"]] if absorbs_activation(record) else identity
+    second_inputs = data["pre"] if absorbs_activation(record) else data["h"]
+    _kan_from_linear(get(record["down"]), originals[record["down"]], second_inputs, second, residual, config)
+
+
+def _kan_from_linear(layer, original, samples, target, residual: bool, config) -> None:
+    weight, bias = _weights(original)
+    if not residual:
+        fit_kan_layer(layer, samples, target, weight, bias, config)
+        return
+    bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+    if isinstance(layer, BSplineKANLinear):  # residual base branch is x: it holds the original Linear
+        layer.knots.copy_(adaptive_knots(samples, layer.grid, layer.order, config.grid_eps))
+        layer.base_weight.copy_(weight)
+        layer.bias.copy_(bias)
+    else:
+        layer.linear.weight.copy_(weight)
+        layer.linear.bias.copy_(bias)
+
+
+def init_distill(model, record, originals, data, config) -> None:
+    """``init: distill``: ``fit``, then full-batch Adam on the new MLP against the original's outputs."""
+    init_fit(model, record, originals, data, config)
+    x, y = data["distill_x"], data["distill_y"]
+    params = [p for p in _site_parameters(model, record) if p.requires_grad]
+    scale = y.pow(2).mean()
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(config.seed)
+    opt = torch.optim.Adam(params, lr=config.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(config.steps, 1))
+    best, best_state = math.inf, None
+    with torch.enable_grad():
+        for _ in range(config.steps):
+            opt.zero_grad()
+            loss = (mlp_forward(model, record, x) - y).pow(2).mean() / scale
+            if loss.item() < best:  # keep the best iterate: Adam can overshoot on the last steps
+                best, best_state = loss.item(), [p.detach().clone() for p in params]
+            loss.backward()
+            opt.step()
+            sched.step()
+    with torch.no_grad():
+        final = float((mlp_forward(model, record, x) - y).pow(2).mean() / scale)
+        if best_state is not None and best < final:
+            for p, v in zip(params, best_state):
+                p.copy_(v)
+    torch.random.set_rng_state(gen_state)
+
+
+def _site_parameters(model, record) -> list[nn.Parameter]:
+    seen, out = set(), []
+    for key in ("gate", "up", "act", "down"):
+        if record[key]:
+            for p in model.get_submodule(record[key]).parameters():
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+    return out
+
+
+@torch.no_grad()
+def init_scratch(model, record, originals, config) -> None:
+    """``init: scratch``: KAT's variance-preserving init with gains computed for the functions in front."""
+    get = model.get_submodule
+    gen = torch.Generator().manual_seed(config.seed)
+    normal = torch.randn(50_000, 1, generator=gen).double()
+    residual = record["form"] == "residual"
+    act = originals[record["act"]]
+    if record["structure"] == "kat":
+        fn2 = act
+        if not residual:
+            f2 = get(record["act"])
+            fit_activation(f2, normal.expand(-1, f2.groups), act, config)
+            fn2 = _first_group(f2)
+            for path in inputs_of(record):
+                if isinstance(get(path).act, GroupBSpline):
+                    fit_activation(get(path).act, normal.expand(-1, get(path).act.groups), identity, config)
+        for path in inputs_of(record):
+            _redraw(get(path).linear, 1.0, gen)
+        _redraw(get(record["down"]), gaussian_gain(fn2), gen)
+        return
+    for path in inputs_of(record):
+        _scratch_kan(get(path), 1.0, identity, normal, residual, gen, config)
+    second = act if absorbs_activation(record) else identity
+    # Whatever the structure, the down projection reads (a function close to) the activation's output.
+    _scratch_kan(get(record["down"]), gaussian_gain(act), second, normal, residual, gen, config)
+
+
+def _scratch_kan(layer, gain, target, normal, residual, gen, config) -> None:
+    fan_in = layer.in_features if isinstance(layer, BSplineKANLinear) else layer.linear.in_features
+    if isinstance(layer, BSplineKANLinear):
+        bound = gain / math.sqrt(fan_in)  # efficient-kan's kaiming_uniform(a=√5) bound, times the gain
+        layer.base_weight.copy_((torch.rand(layer.base_weight.shape, generator=gen) * 2 - 1) * bound)
+        if not residual:  # efficient-kan: small spline noise of scale 0.1 / G
+            noise = (torch.rand(layer.spline_weight.shape, generator=gen) - 0.5) * 0.1 / layer.grid
+            layer.spline_weight.copy_(noise)
+        layer.bias.zero_()
+        return
+    _redraw(layer.linear, gain, gen)
+    if not residual and target is not identity:
+        fit_activation(layer.rational, normal.expand(-1, layer.rational.groups), target, config)
+
+
+def _redraw(linear: nn.Module, gain: float, gen: torch.Generator) -> None:
+    view = linear_view(linear)
+    w = view.weight()
+    view.set_weight(torch.randn(w.shape, generator=gen, dtype=torch.float64) * gain / math.sqrt(w.shape[1]))
+    if view.bias() is not None:
+        view.set_bias(torch.zeros(w.shape[0], dtype=torch.float64))
+
+
+def _first_group(module: nn.Module):
+    """Group 0's function of a group activation, on 1-D inputs (scratch fits every group alike)."""
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        x = x.reshape(-1, 1).double()
+        if isinstance(module, GroupRational):
+            return rational(x[:, None, :], module.numerator.double(), module.denominator[:1].double()).reshape(-1)
+        one = GroupBSpline(1, 1, module.grid, module.order).double()
+        one.knots.copy_(module.knots[:1])
+        one.silu.copy_(module.silu[:1])
+        one.coef.copy_(module.coef[:1])
+        return one(x).reshape(-1)
+    return fn
+

@@ -1,0 +1,178 @@
+"""``kan``: replace matched MLPs by KAT/KAN structures with learnable univariate functions.
+
+A site is an MLP found by :func:`surgeon.patterns.mlp_sites` (its path is the MLP scope: ``model.layers.0.mlp``;
+BERT-style split MLPs are sited at their block). The record holds the MLP's module paths, widths and the
+shape options; :func:`~surgeon.passes.kan.build.build` rebuilds the structure from it on load.
+Each record also carries ``init_error``: the MLP's relative error on the init data before and after ``init``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from surgeon.passes.kan.build import build, mlp_forward
+from surgeon.passes.kan.init import init_distill, init_fit, init_scratch
+
+from surgeon.calibration import collect_inputs
+from surgeon.errors import RecipeError
+from surgeon.inputs import example_inputs
+from surgeon.patterns import linear_view, mlp_sites
+from surgeon.pipeline.config import PassConfig
+from surgeon.pipeline.registry import (
+    Found,
+    PassContext,
+    PassHandler,
+    Site,
+    register_pass,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class KAN(PassConfig):
+    """Options of ``kan``.
+
+    ``basis`` rational | bspline; ``structure`` kat | kan; ``form`` residual (exact at init) | pure;
+    ``init`` fit | distill | scratch; ``groups`` (channel groups of group activations and rationals);
+    ``grid`` (B-spline intervals G) and ``order`` (k); ``grid_eps`` (uniform share of adapted grids);
+    ``fit_samples`` (most samples per group in 1-D activation fits: the rare large pre-activations must be
+    in the sample, 2k per group missed MiniLM's tails); ``samples`` (rows for distillation); ``steps``, ``lr``
+    (distillation); ``seed``.
+    """
+
+    pass_name = "kan"
+    basis: Literal["rational", "bspline"] = "rational"
+    structure: Literal["kat", "kan"] = "kat"
+    form: Literal["residual", "pure"] = "residual"
+    init: Literal["fit", "distill", "scratch"] = "fit"
+    groups: int = 8
+    grid: int = 5
+    order: int = 3
+    grid_eps: float = 0.02
+    samples: int = 2048
+    fit_samples: int = 16384
+    steps: int = 200
+    lr: float = 3e-3
+    seed: int = 0
+
+    def check(self) -> None:
+        """Sizes positive, ``grid_eps`` in [0, 1], ``lr`` positive."""
+        for name, low in (("groups", 1), ("grid", 1), ("order", 1), ("samples", 16), ("fit_samples", 16), ("steps", 0), ("seed", 0)):
+            if getattr(self, name) < low:
+                raise RecipeError(f"option `{name}` of pass `kan` must be at least {low}, got {getattr(self, name)}",
+                                  fix=f"Set `{name}` to {low} or more")
+        if not 0 <= self.grid_eps <= 1:
+            raise RecipeError(f"option `grid_eps` of pass `kan` must lie in [0, 1], got {self.grid_eps}",
+                              fix="Set `grid_eps` between 0 (quantile grid) and 1 (uniform grid)")
+        if not self.lr > 0:
+            raise RecipeError(f"option `lr` of pass `kan` must be positive, got {self.lr}", fix="Set `lr` > 0")
+
+
+@register_pass(KAN)
+class KANPass(PassHandler):
+    """Replaces MLPs by KAT (F1 → fc1 → F2 → fc2) or two-layer KAN structures."""
+
+    preserves = "approx"
+    paper = ("KAT: Yang & Wang, 'Kolmogorov-Arnold Transformer' (ICLR 2025); KAN: Liu et al., "
+             "'KAN: Kolmogorov-Arnold Networks' (ICLR 2025)")
+    summary = "Replace MLPs by KAT/KAN structures with group-rational or B-spline functions."
+    site_kind = "MLP"
+
+    def find(self, ctx: PassContext, config: KAN) -> Found:
+        return Found([Site(s.path, s.path, data=s) for s in mlp_sites(ctx.capture)])
+
+    def rewrite(self, ctx: PassContext, config: KAN, sites: list[Site]) -> bool:
+        model = ctx.model
+        records = [_plan(model, site.data, config) for site in sites]
+        batches = ctx.calibration or [example_inputs(model)]
+        data = _collect(model, records, batches, config)
+        for site, record in zip(sites, records):
+            site.record = record
+            _rewrite_one(model, record, data[record["path"]], config)
+        return bool(sites)
+
+    def replay(self, model, config, record) -> None:
+        build(model, record)
+
+
+def _plan(model, mlp, config: KAN) -> dict:
+    up = linear_view(model.get_submodule(mlp.up))
+    record = {"path": mlp.path, "kind": mlp.kind, "up": mlp.up, "gate": mlp.gate, "act": mlp.act,
+              "down": mlp.down, "width": up.in_features, "hidden": up.out_features,
+              "basis": config.basis, "structure": config.structure, "form": config.form,
+              "groups": config.groups, "grid": config.grid, "order": config.order}
+    if mlp.act is None:
+        raise RecipeError(f"pass `kan` needs the activation of {mlp.path} as a module; it is a function call",
+                          fix="Target MLPs whose activation is a submodule")
+    uses_groups = config.basis == "rational" or config.structure == "kat"
+    for width in (record["width"], record["hidden"]):
+        if uses_groups and width % config.groups:
+            raise RecipeError(f"option `groups` of pass `kan` ({config.groups}) does not divide the width {width} "
+                              f"of {mlp.path}", fix="Choose `groups` dividing every MLP width (e.g. 1, 2, 4, 8)")
+    return record
+
+
+@torch.no_grad()
+def _collect(model, records, batches, config: KAN) -> dict[str, dict[str, torch.Tensor]]:
+    """Each site's MLP input ``x``, pre-activation ``pre`` and ``down`` input ``h``, as (N, C) float64 rows."""
+    keys = [(rec["path"], key, rec[module]) for rec in records
+            for key, module in (("x", "up"), ("pre", "act"), ("h", "down"))]
+    inputs = collect_inputs(model, [path for _, _, path in keys], batches, dtype=torch.float64)
+    rows = {(site, key): inputs[path] for site, key, path in keys}
+    gen = torch.Generator().manual_seed(config.seed)
+    out = {}
+    for rec in records:
+        site = {k: rows[(rec["path"], k)] for k in ("x", "pre", "h")}
+        x = site["x"]
+        if config.init == "distill":
+            x = _distill_inputs(x, config, gen, calibrated=bool(batches) and len(batches) > 0)
+        elif len(x) > config.samples:
+            x = x[torch.randperm(len(x), generator=gen)[: config.samples]]
+        site["distill_x"] = x
+        out[rec["path"]] = site
+    return out
+
+
+def _distill_inputs(x: torch.Tensor, config: KAN, gen: torch.Generator, calibrated: bool) -> torch.Tensor:
+    """Recorded rows, topped up to ``samples`` rows drawn from their per-channel mean and std."""
+    if len(x) >= config.samples:
+        return x[torch.randperm(len(x), generator=gen)[: config.samples]]
+    extra = torch.randn(config.samples - len(x), x.shape[1], generator=gen, dtype=x.dtype)
+    return torch.cat([x, x.mean(0) + extra * x.std(0).clamp_min(1e-6)])
+
+
+def _rewrite_one(model, record: dict, data: dict[str, torch.Tensor], config: KAN) -> None:
+    ref = next(model.get_submodule(record["down"]).parameters())
+    x = data["distill_x"].to(ref.device, ref.dtype)
+    originals = {record[k]: model.get_submodule(record[k]) for k in ("gate", "up", "act", "down") if record[k]}
+    with torch.no_grad():
+        target = mlp_forward(model, record, x)
+        if config.init == "distill":  # fit (and adapt grids) on the very rows distillation trains on
+            data.update(_inner(originals, record, x))
+    data["distill_x"], data["distill_y"] = x, target
+    build(model, record)
+    before = _relative(model, record, x, target)
+    if config.init == "fit":
+        init_fit(model, record, originals, data, config)
+    elif config.init == "distill":
+        init_distill(model, record, originals, data, config)
+    else:
+        init_scratch(model, record, originals, config)
+    record["init_error"] = {"before": before, "after": _relative(model, record, x, target), "rows": len(x)}
+
+
+def _inner(originals: dict, record: dict, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The original MLP's pre-activation and ``down`` input for rows ``x``."""
+    first = originals[record["gate"] or record["up"]]
+    pre = first(x)
+    h = originals[record["act"]](pre)
+    if record["kind"] == "gated":
+        h = h * originals[record["up"]](x)
+    return {"x": x.double(), "pre": pre.double(), "h": h.double()}
+
+
+@torch.no_grad()
+def _relative(model, record, x, target) -> float:
+    err = (mlp_forward(model, record, x) - target).double().norm() / target.double().norm().clamp_min(1e-30)
+    return float(err)

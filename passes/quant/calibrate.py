@@ -1,0 +1,213 @@
+"""``calibrate_quant``: OmniQuant-style block-wise reconstruction of the quantizer parameters.
+
+For each repeated block in order (the entries of the model's ModuleLists that hold quantizers), with the
+block's keyword arguments (masks, positions) recorded at the first block:
+- target = the full-precision block on the full-precision-propagated input;
+- prediction = the quantised block on the input propagated through the already-calibrated blocks;
+- loss = MSE over real tokens (an ``attention_mask`` in the batch excludes padding);
+- only quantizer parameters train (LWC logits, LSQ/ASQ steps, ASQ adapters); AdamW (weight decay 0),
+  a fixed seed for the batch order, ``epochs`` passes over the batches (bounded steps);
+then both inputs move on to the next block. Only one block's activations per batch are kept at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from surgeon.errors import SurgeonError
+from surgeon.inputs import example_inputs
+from surgeon.passes.quant.quantizers import quantizers, set_enabled
+from surgeon.pipeline.config import PassConfig
+from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
+from surgeon.runner import call_kwargs
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrateQuant(PassConfig):
+    """Options of ``calibrate_quant``: ``epochs`` over the batches, learning rates, ``seed``.
+
+    ``lr`` is for LWC logits and ASQ adapters (OmniQuant's lwc_lr 1e-2); steps (LSQ, ASQ) use
+    ``step_lr`` times their initial mean value, since a step's size is set by its tensor's scale.
+    """
+
+    pass_name = "calibrate_quant"
+    epochs: int = 5
+    lr: float = 1e-2
+    step_lr: float = 1e-2
+    seed: int = 0
+
+    def check(self) -> None:
+        """Positive epochs and learning rates."""
+        from surgeon.errors import RecipeError
+
+        for name in ("epochs", "lr", "step_lr"):
+            if getattr(self, name) <= 0:
+                raise RecipeError(f"option `{name}` of pass `calibrate_quant` must be > 0, got {getattr(self, name)}",
+                                  fix=f"Set `{name}` to a positive value")
+
+
+def quant_blocks(model: nn.Module) -> list[str]:
+    """Paths of the repeated blocks holding trainable quantizers, in order (ModuleList entries)."""
+    paths = []
+    for path, module in model.named_modules():
+        if isinstance(module, nn.ModuleList):
+            for i, block in enumerate(module):
+                if any(p.requires_grad for q in quantizers(block) for p in q.parameters()):
+                    paths.append(f"{path}.{i}" if path else str(i))
+    return paths
+
+
+class _Stop(Exception):
+    pass
+
+
+def block_inputs(model: nn.Module, first: nn.Module, batches: list) -> list[tuple[tuple, dict]]:
+    """The (args, kwargs) of ``first``'s call for each batch (the model stops once it is reached)."""
+    calls = []
+
+    def grab(module, args, kwargs):
+        calls.append((tuple(a.detach() if torch.is_tensor(a) else a for a in args), dict(kwargs)))
+        raise _Stop
+
+    handle = first.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                try:
+                    model(**call_kwargs(model, batch)) if isinstance(batch, dict) else model(batch)
+                except _Stop:
+                    pass
+    finally:
+        handle.remove()
+    return calls
+
+
+def _hidden(args, kwargs) -> torch.Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _with_hidden(args, kwargs, h):
+    if args:
+        return (h, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": h}
+
+
+def _run(block: nn.Module, call, h: torch.Tensor) -> torch.Tensor:
+    """The block's hidden-state output for the recorded call with hidden input ``h``."""
+    args, kwargs = _with_hidden(*call, h)
+    out = block(*args, **kwargs)
+    return out if torch.is_tensor(out) else out[0]
+
+
+def _mask(batch, h: torch.Tensor) -> torch.Tensor | None:
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    if mask is None or tuple(mask.shape) != tuple(h.shape[:2]):
+        return None
+    return mask.to(h.dtype)[..., None]
+
+
+def _mse(pred, target, mask):
+    if mask is None:
+        return (pred - target).pow(2).mean()
+    return ((pred - target).pow(2) * mask).sum() / (mask.sum() * pred.shape[-1])
+
+
+def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: CalibrateQuant | None,
+                    gen) -> tuple[list, list, float]:
+    """Train ``block``'s quantizers (none when ``config`` is None); return the next fp and quantised
+    inputs and the final mean loss."""
+    with torch.no_grad():
+        set_enabled(block, False)
+        targets = [_run(block, call, h) for call, h in zip(calls, fp_in)]
+        set_enabled(block, True)
+    quants = quantizers(block)
+    frozen = [p for p in block.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    groups = []
+    for q in quants:
+        for name, p in q.named_parameters():
+            p.requires_grad_(True)
+            if name == "step":
+                rate = float(p.detach().abs().mean().clamp_min(1e-8)) * (config.step_lr if config else 0.0)
+                groups.append({"params": [p], "lr": rate})
+            else:
+                groups.append({"params": [p], "lr": config.lr if config else 0.0})
+    last = 0.0
+    try:
+        if groups and config is not None:
+            opt = torch.optim.AdamW(groups, weight_decay=0.0)
+            for _ in range(config.epochs):
+                total = 0.0
+                for i in torch.randperm(len(calls), generator=gen).tolist():
+                    loss = _mse(_run(block, calls[i], q_in[i]), targets[i], masks[i])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach())
+                last = total / len(calls)
+    finally:
+        for q in quants:
+            for p in q.parameters():
+                p.requires_grad_(False)
+        for p in frozen:
+            p.requires_grad_(True)
+    with torch.no_grad():
+        q_out = [_run(block, call, h) for call, h in zip(calls, q_in)]
+    return targets, q_out, last
+
+
+def calibrate(model: nn.Module, batches: list, config: CalibrateQuant, only: set[str] | None = None) -> dict[str, float]:
+    """Block-wise reconstruction over ``batches``; returns each trained block's final mean loss.
+
+    ``only`` limits training to those block paths; the other blocks still propagate both inputs.
+    """
+    paths = quant_blocks(model)
+    if not paths:
+        return {}
+    was_training = model.training
+    model.eval()
+    calls = block_inputs(model, model.get_submodule(paths[0]), batches)
+    fp_in = [_hidden(*c) for c in calls]
+    q_in = list(fp_in)
+    masks = [_mask(b, h) for b, h in zip(batches, fp_in)]
+    gen = torch.Generator().manual_seed(config.seed)
+    losses = {}
+    for path in paths:
+        train = only is None or path in only
+        fp_in, q_in, loss = calibrate_block(model.get_submodule(path), calls, fp_in, q_in, masks,
+                                            config if train else None, gen)
+        if train:
+            losses[path] = loss
+    model.train(was_training)
+    return losses
+
+
+@register_pass(CalibrateQuant)
+class CalibrateQuantPass(PassHandler):
+    """Trains the quantizer parameters block by block to match full-precision block outputs."""
+
+    preserves = "changes"
+    paper = "OmniQuant (Shao et al., ICLR 2024), block-wise error minimisation"
+    summary = "Block-wise reconstruction of quantizer parameters (LWC, LSQ, ASQ) on calibration batches."
+    site_kind = "block with trainable quantizers"
+
+    def find(self, ctx: PassContext, config: CalibrateQuant) -> Found:
+        paths = quant_blocks(ctx.model)
+        skipped = [] if paths else [("<model>", "no repeated block holds a trainable quantizer (use lwc/lsq/asq specs)")]
+        return Found([Site(p, p) for p in paths], skipped)
+
+    def rewrite(self, ctx: PassContext, config: CalibrateQuant, sites: list[Site]) -> bool:
+        batches = ctx.calibration or [example_inputs(ctx.model)]
+        if not all(isinstance(b, dict) for b in batches):
+            raise SurgeonError("calibrate_quant needs keyword-argument batches", fix="Pass batches as dicts")
+        losses = calibrate(ctx.model, batches, config, only={s.path for s in sites})
+        for site in sites:
+            site.record = {"block": site.path, "loss": losses.get(site.path)}
+        return bool(sites)
+
+    def replay(self, model, config, record) -> None:
+        """Nothing structural: the trained quantizer tensors are loaded with the weights."""
