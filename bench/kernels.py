@@ -109,6 +109,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["8192x4096", "8192x14336"])
     parser.add_argument("--out", default=None)
+    parser.add_argument("--sweep", action="store_true", help="also time a few rational tile shapes")
     args = parser.parse_args()
     torch.manual_seed(0)
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
@@ -117,7 +118,8 @@ def main() -> None:
         rows, width = map(int, shape.split("x"))
         x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
         clone_us = bench(lambda: x.clone())
-        results["sweep"][shape] = sweep_rational_blocks(x)
+        if args.sweep:
+            results["sweep"][shape] = sweep_rational_blocks(x)
         for cases in (rational_cases(x), quant_cases(x)):
             for name, nbytes, fast, eager, compiled, check in cases:
                 row = {"kernel": name, "shape": shape, "clone_us": clone_us, "error": check()}
