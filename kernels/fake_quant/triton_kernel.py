@@ -104,7 +104,8 @@ def _dynamic_forward_looped(x_ptr, y_ptr, n_rows, width, group_size, qmax,
         tl.store(y_ptr + base + cols[None, :], (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
-LOOP_ABOVE = 1024  # groups wider than this use the looped kernel
+LOOP_ABOVE = 1024  # groups wider than this take one row per program, or the looped kernel
+ONE_ROW_UP_TO = 16384
 CHUNK = 1024
 
 
@@ -144,6 +145,11 @@ def fake_quant_dynamic_forward(x, group_size: int, bits: int, *, block_m: int = 
     """Symmetric fake quantisation with per-(row, group) absmax scales computed in the kernel."""
     x2d, n_rows, width, n_groups = _launch_shape(x, group_size)
     y = torch.empty_like(x2d) if out is None else out
+    if LOOP_ABOVE < group_size <= ONE_ROW_UP_TO:
+        # One row per program with many warps: a per-token group of up to 16k channels fits in registers.
+        _dynamic_forward[(n_rows, n_groups)](x2d, y, n_rows, width, group_size, float(2 ** (bits - 1) - 1),
+                                             BLOCK_M=1, GROUP=triton.next_power_of_2(group_size), num_warps=16)
+        return y
     if group_size > LOOP_ABOVE:
         rows_per_program = 4
         _dynamic_forward_looped[(triton.cdiv(n_rows, rows_per_program), n_groups)](

@@ -60,7 +60,8 @@ def test_static_backward_ste_and_lsq(rows, width, group):
 
 
 @pytest.mark.parametrize("rows,width,group,bits", [(5, 48, 24, 4), (9, 64, 64, 8), (3, 30, 10, 3),
-                                                  (6, 2500, 2500, 8)])  # the last uses the looped kernel
+                                                  (6, 2500, 2500, 8), (3, 20000, 20000, 8)])
+# (the last two take the one-row-per-program kernel and the looped one)
 def test_dynamic_forward(rows, width, group, bits):
     x = torch.randn(rows, width)
     out = torch.full_like(x, float("nan"))
