@@ -3,7 +3,9 @@
 One program handles BLOCK_M rows × one group (GROUP channels, a power of two ≥ the group size), so
 scales are per program and dynamic scales are a row-wise max inside registers. Float32 arithmetic after
 each load. Rounding is half to even, like ``torch.round`` (written out with ``floor``, which the CPU
-interpreter supports, unlike ``libdevice.rint``).
+interpreter supports, unlike ``libdevice.rint``). Division is IEEE round-to-nearest (``div_rn``): the GPU's
+default fast division is off by an ulp now and then, which flips values sitting on a rounding boundary
+onto another grid point.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def _static_forward(x_ptr, y_ptr, s_ptr, z_ptr, n_rows, width, group_size, n_gro
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + rows * n_groups + grp, mask=row_ok, other=1.0).to(tl.float32)[:, None]
     z = tl.load(z_ptr + rows * n_groups + grp, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    q = tl.minimum(tl.maximum(_round_half_even(x / s) + z, qmin), qmax)
+    q = tl.minimum(tl.maximum(_round_half_even(tl.div_rn(x, s)) + z, qmin), qmax)
     tl.store(y_ptr + offs, ((q - z) * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -54,7 +56,7 @@ def _static_backward(g_ptr, x_ptr, dx_ptr, ds_ptr, s_ptr, z_ptr, n_rows, width, 
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + rows * n_groups + grp, mask=row_ok, other=1.0).to(tl.float32)[:, None]
     z = tl.load(z_ptr + rows * n_groups + grp, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    v = x / s
+    v = tl.div_rn(x, s)
     r = _round_half_even(v)
     level = r + z
     inside = (level >= qmin) & (level <= qmax)
@@ -75,7 +77,7 @@ def _dynamic_forward(x_ptr, y_ptr, n_rows, width, group_size, qmax,
     offs = rows[:, None] * width + grp * group_size + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.maximum(tl.max(tl.abs(x), 1), 1e-8)[:, None] / qmax
-    q = tl.minimum(tl.maximum(_round_half_even(x / s), -qmax - 1.0), qmax)
+    q = tl.minimum(tl.maximum(_round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
     tl.store(y_ptr + offs, (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -100,7 +102,7 @@ def _dynamic_forward_looped(x_ptr, y_ptr, n_rows, width, group_size, qmax,
         cols = start + tl.arange(0, CHUNK)
         mask = row_ok[:, None] & (cols[None, :] < group_size)
         x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(_round_half_even(x / s), -qmax - 1.0), qmax)
+        q = tl.minimum(tl.maximum(_round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
         tl.store(y_ptr + base + cols[None, :], (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
