@@ -1,21 +1,18 @@
 """Tile-size sweep for the fake-quant (static g128, dynamic per-token) and rational backward kernels.
 
-    PYTHONPATH=. python bench/kernel_tiles.py
+    PYTHONPATH=. python bench/gpu_kernel_tiles.py
 
 Prints median µs per variant (do_bench) at 8192×14336 bf16, to choose the kernels' defaults.
 """
 
 from __future__ import annotations
 
-import sys
 
 import torch
 import triton
 
-sys.path = [p for p in sys.path if not p.endswith("bench")]
-
-import kernels.group_rational.triton_kernel as rational  # noqa: E402
-from kernels.fake_quant.triton_kernel import fake_quant_forward  # noqa: E402
+import kernels.group_rational.triton_kernel as rational
+from kernels.fake_quant.triton_kernel import fake_quant_forward
 
 
 def bench(fn) -> float:

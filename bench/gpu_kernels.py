@@ -1,11 +1,13 @@
 """GPU benchmark of surgeon's Triton kernels, side by side with torch.clone, eager and torch.compile.
 
-    PYTHONPATH=. python bench/kernels.py [--shapes 8192x4096 8192x14336] [--out results.json]
+    PYTHONPATH=. python bench/gpu_kernels.py [--shapes 8192x4096 8192x14336] [--out results.json]
 
 For each kernel and shape (bf16): median µs by ``triton.testing.do_bench``, logical GB/s (bytes the
 operation must read and write once), and the ratios to ``torch.clone`` of the largest operand, to the
 eager torch reference and to ``torch.compile`` of that same reference, all measured in this one run.
-Imports the kernels as the top-level ``kernels`` package so it runs where surgeon is not installed.
+Imports the kernels as the top-level ``kernels`` package so it runs where surgeon is not installed. (No
+script here may be named ``kernels.py``: transformers probes for a package of that name, and a script
+in this folder would answer.)
 """
 
 from __future__ import annotations
@@ -16,9 +18,6 @@ import sys
 
 import torch
 import triton
-
-# This script is itself named kernels.py: drop its folder from the path so `kernels` is the package.
-sys.path = [p for p in sys.path if not p.endswith("bench")]
 
 from kernels.fake_quant.reference import fake_quant_dynamic_reference, fake_quant_reference
 from kernels.fake_quant.triton_kernel import fake_quant_dynamic_forward, fake_quant_forward
