@@ -1,9 +1,9 @@
-"""Matrix rows of the FFN → experts passes (``moefy``, ``mofme``)."""
+"""Matrix rows of the FFN → experts passes (``moefy``, ``mofme``, ``mohd``)."""
 
 from pass_cases import PassCase
 
 import surgeon
-from surgeon.passes import FoldNorm, Moefy, Mofme
+from surgeon.passes import FoldNorm, Moefy, Mofme, Mohd
 
 
 def _calibration(model):
@@ -19,4 +19,10 @@ CASES = [
              calibration=_calibration),
     PassCase("mofme-gpt2", "tiny-gpt2", (Mofme(num_experts=4, top_k=2),)),
     PassCase("mofme-llama-uar", "tiny-llama", (Mofme(num_experts=3, top_k=1, uncertainty_samples=3),)),
+    PassCase("mohd-llama-exact", "tiny-llama", (Mohd(num_groups=8, num_shared=2, top_k=6),)),
+    PassCase("mohd-bert-routed", "tiny-bert", (Mohd(num_groups=8, num_shared=2, top_k=2, dispatch="masked"),),
+             calibration=_calibration),
+    PassCase("fold+mohd-qwen2-ratio", "tiny-qwen2",
+             (FoldNorm(), Mohd(num_groups=4, num_shared=0, top_k=2, scaling="ratio", fusion="none",
+                               grouping="contiguous")), calibration=_calibration),
 ]
