@@ -21,10 +21,17 @@ import triton
 
 from kernels.fake_quant.reference import fake_quant_dynamic_reference, fake_quant_reference
 from kernels.fake_quant.triton_kernel import fake_quant_dynamic_forward, fake_quant_forward
+from kernels.gated_act.reference import gated_act_reference
+from kernels.gated_act.triton_kernel import gated_act_backward, gated_act_forward
 from kernels.group_rational.reference import group_rational_reference
+from kernels.hadamard_quant.reference import hadamard_quant_reference
+from kernels.hadamard_quant.triton_kernel import hadamard_quant_forward
+from kernels.w4a16_linear.reference import w4a16_linear_reference
+from kernels.w4a16_linear.triton_kernel import w4a16_linear_forward
 from kernels.group_rational.triton_kernel import group_rational_backward, group_rational_forward
 
 GROUPS = 8
+SWEEP = False  # set by --sweep: also time kernel variants
 
 
 def bench(fn) -> float:
@@ -91,6 +98,92 @@ def quant_cases(x):
         lambda: fake_quant_dynamic_reference(x, width, 8), lambda: dyn_ref(x, width, 8), check_dynamic
 
 
+def gated_cases(x):
+    """SwiGLU with a per-channel multiplier, forward and forward+backward (gate and up of x's shape)."""
+    up = torch.randn_like(x)
+    m = torch.rand(x.shape[1], device=x.device) + 0.5
+    g = torch.randn_like(x)
+    compiled = torch.compile(gated_act_reference, dynamic=False)
+    size = x.numel() * x.element_size()
+
+    def train(fn):
+        def run():
+            gg, uu, mm = (t.detach().requires_grad_() for t in (x, up, m))
+            fn(gg, uu, mm, "silu").backward(g)
+        return run
+
+    def triton_train():
+        gated_act_forward(x, up, m, "silu")
+        gated_act_backward(g, x, up, m, "silu")
+
+    def check():
+        want = gated_act_reference(x, up, m, "silu").float()
+        got = gated_act_forward(x, up, m, "silu").float()
+        return float((got - want).norm() / want.norm())
+
+    yield "swiglu+mult fwd", 3 * size, lambda: gated_act_forward(x, up, m, "silu"), \
+        lambda: gated_act_reference(x, up, m, "silu"), lambda: compiled(x, up, m, "silu"), check
+    # forward reads gate, up and writes y; backward reads grad, gate, up and writes d gate, d up.
+    yield "swiglu+mult fwd+bwd", 8 * size, triton_train, train(gated_act_reference), train(compiled), check
+
+
+def hadamard_cases(x):
+    """Block-Hadamard(128) rotation + int8 per-token quantisation (codes + scales)."""
+    compiled = torch.compile(hadamard_quant_reference, dynamic=False)
+
+    def check():
+        want_q, want_s = hadamard_quant_reference(x, 128)
+        got_q, got_s = hadamard_quant_forward(x, 128)
+        return float(((got_q.float() * got_s) - (want_q.float() * want_s)).norm() / (want_q.float() * want_s).norm())
+
+    nbytes = x.numel() * (x.element_size() + 1) + 4 * x.shape[0]
+    if SWEEP:
+        variants = {f"row nw{w}": dict(num_warps=w) for w in (4, 8, 16)}
+        variants.update({f"loop bm{m}": dict(row_loop=True, block_m=m) for m in (16, 32, 64)})
+        times = {k: round(bench(lambda: hadamard_quant_forward(x, 128, **v)), 1) for k, v in variants.items()}
+        print(json.dumps({"hadamard variants": times, "shape": list(x.shape)}), file=sys.stderr, flush=True)
+    yield "hadamard128+int8 quant", nbytes, lambda: hadamard_quant_forward(x, 128), \
+        lambda: hadamard_quant_reference(x, 128), lambda: compiled(x, 128), check
+
+
+def pack_int4_g128(w):
+    """(codes, step, zero) of ``w`` (out, in) in passes/quant's packed format: symmetric int4, groups of 128."""
+    rows = w.float().reshape(-1, 128)
+    step = (rows.abs().amax(1, keepdim=True) / 7).clamp_min(1e-5)
+    codes = (torch.clamp(torch.round(rows * (1.0 / step)), -8, 7) + 8).to(torch.uint8).reshape(-1, 2)
+    zero = torch.full_like(step, 8, dtype=torch.int16)
+    return (codes[:, 0] | (codes[:, 1] << 4)).contiguous(), step, zero
+
+
+def w4a16_rows(tokens_list=(1, 16), fin=4096, fout=11008, sweep=False) -> list[dict]:
+    """W4A16 g128 linear at decode sizes, against bf16 ``F.linear`` as well as eager/compiled reference."""
+    w = torch.randn(fout, fin, device="cuda", dtype=torch.bfloat16) * 0.02
+    codes, step, zero = pack_int4_g128(w)
+    compiled = torch.compile(w4a16_linear_reference, dynamic=False)
+    out = []
+    for tokens in tokens_list:
+        x = torch.randn(tokens, fin, device="cuda", dtype=torch.bfloat16)
+        wq = w4a16_linear_reference(torch.eye(fin, device="cuda", dtype=torch.bfloat16), codes, step, zero, None,
+                                    fout, fin).t().contiguous()  # the dequantised weight, for F.linear
+        want = torch.nn.functional.linear(x, wq).float()
+        got = w4a16_linear_forward(x, codes, step, zero, None, fout, fin).float()
+        row = {"kernel": f"w4a16 g128 {fin}->{fout}", "shape": f"{tokens}x{fin}",
+               "clone_us": bench(lambda: codes.clone()),
+               "error": float((got - want).norm() / want.norm())}
+        row["triton_us"] = bench(lambda: w4a16_linear_forward(x, codes, step, zero, None, fout, fin))
+        row["eager_us"] = bench(lambda: w4a16_linear_reference(x, codes, step, zero, None, fout, fin))
+        row["compile_us"] = bench(lambda: compiled(x, codes, step, zero, None, fout, fin))
+        row["bf16_linear_us"] = bench(lambda: torch.nn.functional.linear(x, wq))
+        row["gbps"] = (codes.numel() + step.numel() * 6 + x.numel() * 2 + tokens * fout * 2) / row["triton_us"] / 1e3
+        if sweep:
+            row["tiles"] = {f"n{bn}k{bk}s{sk}": round(bench(lambda: w4a16_linear_forward(
+                x, codes, step, zero, None, fout, fin, block_n=bn, block_k=bk, split_k=sk)), 1)
+                for bn in (32, 64, 128) for bk in (64, 128) for sk in (1, 4)}
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        out.append(row)
+    return out
+
+
 def sweep_rational_blocks(x) -> list[dict]:
     """Forward time of the rational kernel for a few tile shapes (to choose the defaults)."""
     a = torch.randn(6, device=x.device)
@@ -108,8 +201,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", nargs="+", default=["8192x4096", "8192x14336"])
     parser.add_argument("--out", default=None)
-    parser.add_argument("--sweep", action="store_true", help="also time a few rational tile shapes")
+    parser.add_argument("--sweep", action="store_true", help="also time a few rational / W4A16 tile shapes")
+    parser.add_argument("--only", nargs="*", default=None, help="run only kernels whose name contains one of these")
     args = parser.parse_args()
+    global SWEEP
+    SWEEP = args.sweep
     torch.manual_seed(0)
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                "rows": [], "sweep": {}}
@@ -117,15 +213,19 @@ def main() -> None:
         rows, width = map(int, shape.split("x"))
         x = torch.randn(rows, width, device="cuda", dtype=torch.bfloat16)
         clone_us = bench(lambda: x.clone())
-        if args.sweep:
+        if args.sweep and not args.only:
             results["sweep"][shape] = sweep_rational_blocks(x)
-        for cases in (rational_cases(x), quant_cases(x)):
+        for cases in (rational_cases(x), quant_cases(x), gated_cases(x), hadamard_cases(x)):
             for name, nbytes, fast, eager, compiled, check in cases:
+                if args.only and not any(o in name for o in args.only):
+                    continue
                 row = {"kernel": name, "shape": shape, "clone_us": clone_us, "error": check()}
                 row["triton_us"], row["eager_us"], row["compile_us"] = bench(fast), bench(eager), bench(compiled)
                 row["gbps"] = nbytes / row["triton_us"] / 1e3
                 results["rows"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
+    if not args.only or any("w4a16" in o for o in args.only):
+        results["rows"] += w4a16_rows(sweep=args.sweep)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(results, f, indent=1)
@@ -136,6 +236,11 @@ def main() -> None:
         print(f"| {r['kernel']} | {r['shape']} | {r['triton_us']:.1f} | {r['gbps']:.0f} | "
               f"{r['triton_us'] / r['clone_us']:.2f} | {r['eager_us'] / r['triton_us']:.1f} | "
               f"{r['compile_us'] / r['triton_us']:.2f} | {r['error']:.1e} |")
+    for r in results["rows"]:
+        if "bf16_linear_us" in r:
+            speedup = r["bf16_linear_us"] / r["triton_us"]
+            print(f"{r['kernel']} at {r['shape']}: {speedup:.2f}x the speed of bf16 F.linear"
+                  + (f"; tiles {r['tiles']}" if "tiles" in r else ""))
     for shape, sweep in results["sweep"].items():
         best = min(sweep, key=lambda s: s["fwd_us"])
         bestb = min(sweep, key=lambda s: s["bwd_us"])

@@ -93,9 +93,14 @@ def apply(
     dry_run: bool = typer.Option(False, "--dry-run", help="Show what each step matches; write nothing."),
     force: bool = typer.Option(False, "--force", help="Replace an earlier surgeon output at --out."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow pickle checkpoints (they can run code)."),
+    lower: bool = typer.Option(False, "--lower", help="End with the `lower` pass: layers → surgeon:: kernel ops."),
 ) -> None:
     """Apply a recipe to a model, certify each pass, and save the result."""
     steps = Recipe.from_file(recipe)
+    if lower:
+        from surgeon.passes.lower import Lower
+
+        steps = Recipe([*steps, Lower()])
     if out is None and not dry_run:
         raise SurgeonError("--out is required", fix="Pass --out DIR, or --dry-run to only see the matches")
     if out is not None and not dry_run:

@@ -1,0 +1,8 @@
+"""``lower``: swap layers that surgeon's passes create for thin modules calling ``surgeon::`` kernels."""
+
+from surgeon.passes.lower.layers import LoweredGroupRational, LoweredQuantizer
+from surgeon.passes.lower.lower_pass import Lower, LowerPass
+from surgeon.passes.lower.table import ROWS, Row
+
+# Re-exported as surgeon.passes.<name>; the table stays under surgeon.passes.lower (generic names).
+__all__ = ["Lower", "LowerPass", "LoweredGroupRational", "LoweredQuantizer"]

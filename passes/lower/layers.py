@@ -1,0 +1,125 @@
+"""Thin modules that call ``surgeon::`` ops with the parameters of the layer they replace.
+
+Each lowered module is a subclass of the layer it replaces and holds *the same* parameter and buffer
+objects under the same names (built by :func:`share`), so state-dict keys, optimisers and the
+family's own helpers (``quantizers()``, observers, ``set_enabled``) keep working; only ``forward`` changes.
+On CUDA the ops run the Triton kernels, elsewhere their torch references.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+import surgeon.kernels.fake_quant.op  # noqa: F401  (registers surgeon::fake_quant*)
+import surgeon.kernels.group_rational.op  # noqa: F401  (registers surgeon::group_rational)
+from surgeon.passes.kan.layers import GroupRational
+from surgeon.passes.quant import formats as F
+from surgeon.passes.quant.quantizers import Quantizer
+
+
+def share(old: nn.Module, cls: type[nn.Module]) -> nn.Module:
+    """A ``cls`` instance with ``old``'s attributes and the very same parameter/buffer/child objects."""
+    new = cls.__new__(cls)
+    new.__dict__.update(old.__dict__)
+    for table in ("_parameters", "_buffers", "_modules"):
+        new.__dict__[table] = dict(old.__dict__[table])  # own tables, shared tensors
+    return new
+
+
+class LoweredGroupRational(GroupRational):
+    """:class:`GroupRational` whose rational part is one ``surgeon::group_rational`` call.
+
+    Float64 inputs keep the layer's own math (the op computes in float32).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return super().forward(x)
+        y = torch.ops.surgeon.group_rational(x, self.numerator, self.denominator)
+        return y if self.base is None else self.base(x) + y
+
+
+class _FakeQuantWithZeroGrad(torch.autograd.Function):
+    """``surgeon::fake_quant`` plus the zero point's gradient (−s summed over clipped elements), which
+    the op does not return; used only when the zero point carries a gradient (asymmetric rtn/lwc)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero, group_size, qmin, qmax):
+        ctx.save_for_backward(x, scale, zero)
+        ctx.args = (group_size, qmin, qmax)
+        return torch.ops.surgeon.fake_quant(x, scale, zero, group_size, qmin, qmax)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, scale, zero = ctx.saved_tensors
+        group_size = ctx.args[0]
+        dx, ds = torch.ops.surgeon.fake_quant_backward(grad.contiguous(), x, scale, zero, *ctx.args)
+        clipped = (grad - dx).float().reshape(x.shape[0], -1, group_size).sum(-1)  # dx = grad inside, 0 outside
+        return dx, ds, (-scale.float() * clipped).to(zero.dtype), None, None, None
+
+
+def static_fake_quant(x2d: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, group_size: int,
+                      qmin: int, qmax: int) -> torch.Tensor:
+    """``surgeon::fake_quant`` of (N, D) ``x2d`` with (N, D / group_size) scale and zero, with every
+    gradient the layer's autograd would give (x, scale and, when it needs one, zero)."""
+    if zero.requires_grad and torch.is_grad_enabled():
+        return _FakeQuantWithZeroGrad.apply(x2d, scale, zero, group_size, qmin, qmax)
+    return torch.ops.surgeon.fake_quant(x2d, scale, zero.detach(), group_size, qmin, qmax)
+
+
+class LoweredQuantizer(Quantizer):
+    """:class:`Quantizer` of a plain integer spec computed by ``surgeon::fake_quant`` (weights, static
+    activations) or ``surgeon::fake_quant_dynamic`` (symmetric token / g<N> activations).
+
+    Falls back to the quantizer's own math while disabled or observing, and for dynamic sites under
+    autograd (the dynamic op's gradient is the identity; the layer's also flows through the absmax step).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled or self.observer is not None:
+            return super().forward(x)
+        if self.role == "weight":
+            return self._weight(x)
+        if self.static:
+            return self._static_activation(x)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return super().forward(x)
+        s = self.spec
+        group = s.group if s.granularity == "group" else x.shape[-1]
+        return torch.ops.surgeon.fake_quant_dynamic(x, group, s.bits)
+
+    def _step_zero(self, x2: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor):
+        # The layer's own (step, zero) for rows x2 and range [lo, hi], and its LSQ gradient scaling.
+        s = self.spec
+        if s.mode == "lsq":
+            factor = 1.0 / math.sqrt(max(x2.numel() // self.step.numel(), 1) * self.qmax)
+            return F.grad_scale(self.step, factor), self.zero
+        lo, hi = self.clipped(lo, hi)
+        return F.uniform_params(lo, hi, s.bits, s.symmetric)
+
+    def _weight(self, w: torch.Tensor) -> torch.Tensor:
+        out, cols = self.shape
+        w2 = self.rows(w)
+        step, zero = self._step_zero(w2, w2.amin(1, keepdim=True), w2.amax(1, keepdim=True))
+        if self.spec.granularity == "tensor":
+            step, zero = step.reshape(1, 1).expand(out, 1), zero.reshape(1, 1).expand(out, 1)
+        group = cols // step.reshape(out, -1).shape[1]
+        y = static_fake_quant(w.reshape(out, cols), step.reshape(out, -1), zero.reshape(out, -1), group,
+                              self.qmin, self.qmax)
+        return y.reshape(w.shape)
+
+    def _static_activation(self, x: torch.Tensor) -> torch.Tensor:
+        width = x.shape[-1]
+        x2 = x.reshape(-1, width)
+        if self.spec.mode == "lsq":  # the layer scales LSQ's gradient by the whole input's size
+            step = F.grad_scale(self.step, 1.0 / math.sqrt(max(x.numel() // self.step.numel(), 1) * self.qmax))
+            zero = self.zero
+        else:
+            step, zero = self._step_zero(x2, self.lo, self.hi)
+        rows = x2.shape[0]
+        y = static_fake_quant(x2, step.reshape(1, 1).expand(rows, 1), zero.reshape(1, 1).expand(rows, 1), width,
+                              self.qmin, self.qmax)
+        return y.reshape(x.shape)

@@ -1,0 +1,66 @@
+"""``lower``: replace layers that surgeon's passes created by thin modules calling ``surgeon::`` ops.
+
+Driven by :data:`~.table.ROWS`. The replacements share the original parameters and buffers (same
+objects, same names), so training, saving and loading are unchanged; replay rebuilds them from
+``{"op", "path"}`` records. On the CPU the ops run their torch references, which compute what the
+layers compute (see docs/passes/lower.md for the one rounding caveat), hence ``exact``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from surgeon.errors import RecipeError
+from surgeon.passes.lower.table import ROWS, row_named
+from surgeon.pipeline.config import PassConfig
+from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
+from surgeon.rewrite import set_submodule
+
+
+@dataclass(frozen=True, kw_only=True)
+class Lower(PassConfig):
+    """Options of ``lower``: ``ops``, the table rows to apply (default: all)."""
+
+    pass_name = "lower"
+    ops: tuple[str, ...] = ("group_rational", "fake_quant")
+
+    def check(self) -> None:
+        """Every name in ``ops`` is a table row, and there is at least one."""
+        known = [r.name for r in ROWS]
+        unknown = [o for o in self.ops if o not in known]
+        if unknown or not self.ops:
+            raise RecipeError(f"option `ops` of pass `lower` must name rows of {known}, got {list(self.ops)}",
+                              fix=f"Use a subset of {known}")
+
+
+@register_pass(Lower)
+class LowerPass(PassHandler):
+    """Swaps GroupRational and integer quantizers for modules calling surgeon::group_rational / fake_quant."""
+
+    preserves = "exact"
+    paper = "KAT (Yang & Wang, ICLR 2025) group-rational kernels; LSQ / OmniQuant fake quantisation"
+    summary = "Lower layers created by kan / fake_quant to surgeon:: Triton ops (torch references on CPU)."
+    site_kind = "GroupRational or Quantizer module"
+
+    def find(self, ctx: PassContext, config: Lower) -> Found:
+        rows = [row_named(name) for name in config.ops]
+        sites, skipped = [], []
+        for path, module in ctx.model.named_modules():
+            for row in rows:
+                if isinstance(module, row.kinds):
+                    if row.check(module):
+                        sites.append(Site(path, path, data=row.name))
+                    else:
+                        skipped.append((path, row.reason(module)))
+                    break
+        return Found(sites, skipped)
+
+    def rewrite(self, ctx: PassContext, config: Lower, sites: list[Site]) -> bool:
+        for site in sites:
+            site.record = {"op": site.data, "path": site.path}
+            self.replay(ctx.model, config, site.record)
+        return bool(sites)
+
+    def replay(self, model, config: Lower, record: dict) -> None:
+        old = model.get_submodule(record["path"])
+        set_submodule(model, record["path"], row_named(record["op"]).build(old))

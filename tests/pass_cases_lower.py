@@ -1,0 +1,11 @@
+"""Matrix rows of ``lower``: after ``kan`` (group rational) and after ``fake_quant`` (integer quantizers)."""
+
+from surgeon.passes import KAN, FakeQuant, Lower
+
+from pass_cases import PassCase
+
+CASES = [
+    PassCase("kan-then-lower-llama", "tiny-llama", (KAN(form="pure"), Lower())),
+    PassCase("fake_quant-then-lower-gpt2", "tiny-gpt2",
+             (FakeQuant(weight="int4-asym-g16-lwc", input="int8-sym-token"), Lower(ops=("fake_quant",)))),
+]

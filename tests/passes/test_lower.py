@@ -1,0 +1,108 @@
+"""The ``lower`` pass: lowered models equal unlowered ones, ops appear in exports, skips are reported."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import surgeon
+from surgeon.passes import KAN, FakeQuant, Lower
+from surgeon.passes.kan.layers import GroupRational
+from surgeon.passes.lower import LoweredGroupRational, LoweredQuantizer
+from surgeon.passes.lower.layers import share
+from surgeon.passes.quant.quantizers import Quantizer
+from surgeon.runner import output_tensors, run_model
+
+
+def _outputs(model, seed=3):
+    batch = surgeon.example_inputs(model, batch=2, seq=7, seed=seed)
+    with torch.no_grad():
+        return output_tensors(run_model(model, batch))
+
+
+def _lowered_equals_unlowered(model, steps, kinds):
+    surgeon.apply(model, steps)
+    before = copy.deepcopy(model)
+    surgeon.apply(model, [Lower()])
+    lowered = [m for m in model.modules() if isinstance(m, kinds)]
+    assert lowered, "nothing was lowered"
+    want, got = _outputs(before), _outputs(model)
+    for key in want:
+        assert torch.allclose(got[key], want[key], rtol=1e-5, atol=1e-6), key
+    return model
+
+
+def test_kan_then_lower_equals_kan():
+    model = surgeon.load_model("tiny-llama", num_layers=2)
+    model = _lowered_equals_unlowered(model, [KAN(form="pure")], LoweredGroupRational)
+    assert not any(type(m) is GroupRational for m in model.modules())
+
+
+@pytest.mark.parametrize("weight,input", [("int4-asym-g16-lwc", "int8-sym-token"), ("int4-sym-channel", "int8-g16"),
+                                          ("int8-asym-tensor", "none")])
+def test_fake_quant_then_lower_equals_fake_quant(weight, input):
+    model = surgeon.load_model("tiny-llama", num_layers=1)
+    model = _lowered_equals_unlowered(model, [FakeQuant(weight=weight, input=input)], LoweredQuantizer)
+    assert not any(type(m) is Quantizer for m in model.modules())
+
+
+def test_gradients_match_after_lowering_asymmetric_lwc():
+    # The zero point of an asymmetric LWC grid carries a gradient the op does not return; the lowered
+    # module adds it, so training gradients equal the layer's.
+    q = Quantizer("int4-asym-g8-lwc", "weight", (6, 16))
+    with torch.no_grad():
+        q.upper.fill_(0.5)  # clip hard, so clipped elements (where the zero gradient lives) exist
+        q.lower.fill_(0.3)
+    lowered = share(q, LoweredQuantizer)
+    w = torch.randn(6, 16, requires_grad=True)
+    g = torch.randn(6, 16)
+    want = torch.autograd.grad(q(w), [w, q.upper, q.lower], g)
+    got = torch.autograd.grad(lowered(w), [w, lowered.upper, lowered.lower], g)
+    assert lowered.upper is q.upper  # shared, not copied
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert want[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("weight,input,reason", [("fp8e4m3-channel", "int8-sym-token", "only integer grids"),
+                                                 ("int4-sym-channel", "int8-asym-token", "symmetric only")])
+def test_skip_reasons_are_reported(weight, input, reason):
+    model = surgeon.load_model("tiny-llama", num_layers=1)
+    surgeon.apply(model, [FakeQuant(weight=weight, input=input), Lower(ops=("fake_quant",))])
+    rep = surgeon.report(model)[-1]
+    assert rep.matched and any(reason in r for _, r in rep.skipped), rep.skipped
+
+
+def test_op_is_a_node_in_export():
+    layer = share(GroupRational(16, groups=4), LoweredGroupRational)
+    ep = torch.export.export(layer, (torch.randn(3, 16),))
+    assert any("surgeon.group_rational" in str(n.target) for n in ep.graph.nodes)
+    q = share(Quantizer("int4-sym-g8", "weight", (4, 16)), LoweredQuantizer)
+    ep = torch.export.export(q, (torch.randn(4, 16),))
+    assert any("surgeon.fake_quant" in str(n.target) for n in ep.graph.nodes)
+
+
+def test_lowered_model_saves_and_reloads(tmp_path):
+    model = surgeon.load_model("tiny-llama", num_layers=1)
+    surgeon.apply(model, [KAN(), Lower()])
+    surgeon.save(model, tmp_path / "m")
+    loaded = surgeon.load(tmp_path / "m")
+    assert any(isinstance(m, LoweredGroupRational) for m in loaded.modules())
+    a, b = _outputs(model), _outputs(loaded)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_lowered_group_rational_gradients_equal_the_layers():
+    layer = GroupRational(24, groups=3)
+    with torch.no_grad():
+        layer.numerator.copy_(torch.randn(6))
+        layer.denominator.copy_(torch.randn(3, 4))
+    lowered = share(layer, LoweredGroupRational)
+    x = torch.randn(5, 24, requires_grad=True)
+    g = torch.randn(5, 24)
+    want = torch.autograd.grad(layer(x), [x, layer.numerator, layer.denominator], g)
+    got = torch.autograd.grad(lowered(x), [x, lowered.numerator, lowered.denominator], g)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
