@@ -162,3 +162,12 @@ def test_real_subprocess_other_commands(args, expect):
                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
     assert run.returncode == 0, run.stderr
     assert expect in run.stdout
+
+
+def test_apply_lower_flag_ends_with_the_lower_pass(tmp_path):
+    recipe = tmp_path / "q.yaml"
+    recipe.write_text("passes:\n  - pass: fake_quant\n    options: {weight: int4-asym-g32, input: none}\n")
+    result, out = invoke("apply", "tiny-llama", "--recipe", recipe, "--out", tmp_path / "o", "--lower")
+    assert result.exit_code == 0, out
+    names = [r.name for r in surgeon.report(surgeon.load(tmp_path / "o"))]
+    assert names == ["fake_quant", "lower"]
