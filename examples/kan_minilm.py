@@ -8,6 +8,7 @@ pooling). Run: ``python examples/kan_minilm.py`` (about a minute on 1 CPU thread
 from __future__ import annotations
 
 import copy
+import sys
 import time
 from pathlib import Path
 
@@ -34,9 +35,13 @@ def main() -> None:
     calibration = [tokenize(base, CALIBRATION[i:i + 10]) for i in range(0, len(CALIBRATION), 10)]
     evaluation = tokenize(base, EVALUATION)
     reference = embed(base, evaluation)
-    configs = [KAN(), KAN(form="pure"), KAN(basis="bspline"), KAN(basis="bspline", form="pure")]
-    print("| structure | basis | form | init | mean cosine (eval) | min cosine | worst init error (after) | s |")
-    print("|---|---|---|---|---|---|---|---|")
+    configs = [KAN(), KAN(form="pure"), KAN(form="pure", fit_weighting="down"),
+               KAN(form="pure", fit_weighting="output"), KAN(basis="bspline"), KAN(basis="bspline", form="pure"),
+               KAN(basis="bspline", form="pure", fit_weighting="output")]
+    if len(sys.argv) > 1:  # e.g. `python examples/kan_minilm.py 1 2` runs rows 1 and 2 only
+        configs = [configs[int(i)] for i in sys.argv[1:]]
+    print("| structure | basis | form | init | fit weighting | mean cosine (eval) | min cosine | worst init error (after) | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for config in configs:
         model = copy.deepcopy(base)
         start = time.perf_counter()
@@ -44,7 +49,7 @@ def main() -> None:
         seconds = time.perf_counter() - start
         cos = (embed(model, evaluation) * reference).sum(-1)
         worst = max(r["init_error"]["after"] for r in surgeon.report(model)[0].records)
-        print(f"| {config.structure} | {config.basis} | {config.form} | {config.init} | {cos.mean():.6f} | "
+        print(f"| {config.structure} | {config.basis} | {config.form} | {config.init} | {config.fit_weighting} | {cos.mean():.6f} | "
               f"{cos.min():.6f} | {worst:.2e} | {seconds:.1f} |")
 
 

@@ -5,7 +5,7 @@ Metrics on the evaluation sentences: mean cosine between each sentence's fp32 an
 (mean pooling over real tokens, as sentence-transformers does), and top-1 retrieval agreement (for each
 sentence, whether its nearest other sentence is the same under fp32 and under the quantised model).
 
-    python examples/quant_minilm.py [--epochs 5] [--only W4A16]
+    python examples/quant_minilm.py [--epochs 5] [--lr 0.05] [--step-lr 0.01] [--only W4A16] [--asq-start]
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ SETTINGS = {
                    {"LWC": FakeQuant(weight="int4-asym-g128-lwc", input="none")}),
     "W4A8": (FakeQuant(weight="int4-asym-channel", input="int8-asym-token"),
              {"LWC+LSQ": FakeQuant(weight="int4-asym-channel-lwc", input="int8-asym-channel-lsq"),
-              "LWC+ASQ": FakeQuant(weight="int4-asym-channel-lwc", input="int8-token-asq")}),
+              "LWC+ASQ sym": FakeQuant(weight="int4-asym-channel-lwc", input="int8-sym-token-asq"),
+              "LWC+ASQ asym": FakeQuant(weight="int4-asym-channel-lwc", input="int8-asym-token-asq")}),
     "W4A4": (FakeQuant(weight="int4-asym-channel", input="int4-asym-token"),
              {"LWC+LSQ": FakeQuant(weight="int4-asym-channel-lwc", input="int4-asym-channel-lsq"),
-              "LWC+ASQ": FakeQuant(weight="int4-asym-channel-lwc", input="int4-token-asq")}),
+              "LWC+ASQ sym": FakeQuant(weight="int4-asym-channel-lwc", input="int4-sym-token-asq"),
+              "LWC+ASQ asym": FakeQuant(weight="int4-asym-channel-lwc", input="int4-asym-token-asq")}),
 }
 
 
@@ -68,8 +70,19 @@ def top1(e):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=None, help="calibrate_quant's lr (default: the pass default)")
+    p.add_argument("--step-lr", type=float, default=None, help="calibrate_quant's step_lr")
     p.add_argument("--only", default=None, help="run only settings whose name starts with this")
+    p.add_argument("--asq-start", action="store_true",
+                   help="W4A4 only: sym per-token RTN and ASQ before calibration (they should agree)")
     args = p.parse_args()
+    rates = {k: v for k, v in (("lr", args.lr), ("step_lr", args.step_lr)) if v is not None}
+    if args.asq_start:
+        settings = {"W4A4": (FakeQuant(weight="int4-asym-channel", input="int4-sym-token"),
+                             {"ASQ sym, not calibrated": FakeQuant(weight="int4-asym-channel",
+                                                                   input="int4-sym-token-asq")})}
+    else:
+        settings = SETTINGS
     base = surgeon.load_model("minilm")
     tok = find_tokenizer(base)
     lines = [l for l in DATA.read_text().splitlines() if l.strip()]
@@ -78,10 +91,11 @@ def main():
     ref_top = top1(ref)
     print("| setting | method | mean cosine | top-1 agreement | seconds |")
     print("|---|---|---|---|---|")
-    for name, (rtn, calibrated) in SETTINGS.items():
+    for name, (rtn, calibrated) in settings.items():
         if args.only and not name.startswith(args.only):
             continue
-        runs = [("RTN", [rtn])] + [(k, [c, CalibrateQuant(epochs=args.epochs)]) for k, c in calibrated.items()]
+        runs = [("RTN", [rtn])] + [(k, [c] if args.asq_start else [c, CalibrateQuant(epochs=args.epochs, **rates)])
+                                   for k, c in calibrated.items()]
         for method, steps in runs:
             t = time.perf_counter()
             model = surgeon.apply(copy.deepcopy(base), steps, calibration=calib)

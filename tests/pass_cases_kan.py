@@ -1,6 +1,6 @@
-"""Matrix rows of the KAN family (``kan``): each basis and structure, both forms, every init."""
+"""Matrix rows of the KAN family (``kan``, ``kan_refine``): each basis and structure, both forms, every init."""
 
-from surgeon.passes import KAN
+from surgeon.passes import KAN, KANRefine
 
 from pass_cases import PassCase
 
@@ -13,4 +13,18 @@ CASES = [
     PassCase("kan-kan-bspline-residual-opt", "tiny-opt", (KAN(structure="kan", basis="bspline"),)),
     PassCase("kan-kan-bspline-scratch-qwen2", "tiny-qwen2",
              (KAN(structure="kan", basis="bspline", form="pure", init="scratch"),)),
+    PassCase("kan-kat-fourier-pure-llama", "tiny-llama", (KAN(basis="fourier", form="pure"),)),
+    PassCase("kan-kan-trukan-individual-distill-opt", "tiny-opt",
+             (KAN(structure="kan", basis="trukan", knot_mode="individual", form="pure", init="distill", steps=10,
+                  samples=128),)),
+    PassCase("kan-kat-trukan-shared-residual-bert", "tiny-bert", (KAN(basis="trukan", knot_mode="shared"),)),
+    PassCase("kan-kat-daruan-pure-gpt2", "tiny-gpt2", (KAN(basis="daruan", form="pure", reps=1),)),
+    PassCase("kan-kan-daruan-residual-gpt2", "tiny-gpt2", (KAN(structure="kan", basis="daruan", reps=1),)),
+    PassCase("kan-kat-selectable-pure-collapse-gpt2", "tiny-gpt2",
+             (KAN(basis="selectable", form="pure"), KANRefine(collapse=True))),
+    PassCase("kan-kan-selectable-residual-opt", "tiny-opt", (KAN(structure="kan", basis="selectable"),)),
+    PassCase("kan-hqkan-daruan-fit-llama", "tiny-llama", (KAN(structure="hqkan", basis="daruan", form="pure", reps=1),)),
+    PassCase("kan-refine-grid-gpt2", "tiny-gpt2",
+             (KAN(structure="kan", basis="bspline", form="pure"), KANRefine(grid=10))),
+    PassCase("kan-refine-reps-llama", "tiny-llama", (KAN(basis="daruan", form="pure", reps=1), KANRefine(reps=2))),
 ]

@@ -1,9 +1,10 @@
-"""Matrix rows for the quantization passes (``fake_quant``, ``calibrate_quant``, ``pack_quant``)."""
+"""Matrix rows for the quantization passes (``fake_quant``, ``calibrate_quant``, ``pack_quant``,
+``repquant_fold``)."""
 
 from __future__ import annotations
 
 import surgeon
-from surgeon.passes import CalibrateQuant, FakeQuant, PackQuant
+from surgeon.passes import CalibrateQuant, FakeQuant, PackQuant, RepQuantFold
 
 from pass_cases import PassCase
 
@@ -23,4 +24,7 @@ CASES = [
     PassCase("quant-asq-calibrate-qwen2", "tiny-qwen2",
              (FakeQuant(weight="int4-sym-channel-lwc", input="int4-token-asq"), CalibrateQuant(epochs=1)),
              calibration=_batches),
+    PassCase("quant-repquant-calibrate-fold-opt", "tiny-opt",
+             (FakeQuant(weight="int4-asym-channel-lwc", input="int4-asym-channel-lwc"), CalibrateQuant(epochs=1),
+              RepQuantFold()), calibration=_batches),
 ]

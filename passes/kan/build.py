@@ -8,6 +8,9 @@ corrections); the pass then initialises values, and load assigns saved tensors i
 Structures (see docs/passes/kan.md):
 * ``kat``: each input projection (up, and gate for gated MLPs) becomes ``PreActivated(F1, linear)`` with the
   original weights, and the activation becomes F2 (KAT's x → F1 → fc1 → F2 → fc2).
+* ``hqkan``: Linear(d, k) → KAN layer (k, k) → Linear(k, d), k = ceil(log2 d) (QKAN's HQKAN with the
+  ``daruan`` basis). Gated MLPs keep the GLU product: gate and up become Linear(d, k), the activation becomes
+  the KAN layer on the gate branch, the down projection Linear(k, d).
 * ``kan``: each projection becomes a KAN layer of the same in/out. In plain and split MLPs the activation is
   absorbed by the second layer's edge functions (pure form) and replaced by ``nn.Identity``; in gated MLPs
   the GLU product (and its activation) stays between the layers, since a sum of univariate edges cannot form
@@ -16,11 +19,13 @@ Structures (see docs/passes/kan.md):
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
+from surgeon.passes.kan.extra_layers import BasisKANLinear, GroupBasis, GroupDaruan, QKANLinear, Selectable
 from surgeon.passes.kan.layers import (BSplineKANLinear, GroupBSpline, GroupRational, PreActivated,
                                        RationalKANLinear)
 from surgeon.rewrite import set_submodule
@@ -28,19 +33,48 @@ from surgeon.rewrite import set_submodule
 MARK = "kan"
 
 
-def activation(record: dict[str, Any], width: int, base: nn.Module | None) -> nn.Module:
+def _opts(record: dict[str, Any]) -> dict[str, Any]:
+    """Shape options of the further bases (defaults for records written before they existed)."""
+    return {"terms": record.get("terms", 5), "degree": record.get("degree", 3), "knots": record.get("knots", 6),
+            "knot_mode": record.get("knot_mode", "fixed"), "reps": record.get("reps", 3),
+            "preact_trainable": record.get("preact_trainable", True),
+            "fast": record.get("measure", "expectation") == "fast"}
+
+
+def activation(record: dict[str, Any], width: int, base: nn.Module | None, basis: str | None = None) -> nn.Module:
     """A group activation of the record's basis (``base`` None: pure form)."""
-    if record["basis"] == "rational":
-        return GroupRational(width, record["groups"], base)
-    return GroupBSpline(width, record["groups"], record["grid"], record["order"], base)
+    basis = basis or record["basis"]
+    groups, o = record["groups"], _opts(record)
+    if basis == "rational":
+        return GroupRational(width, groups, base)
+    if basis == "bspline":
+        return GroupBSpline(width, groups, record["grid"], record["order"], base)
+    if basis in ("fourier", "trukan"):
+        return GroupBasis(width, groups, basis, o["terms"], o["degree"], o["knots"], o["knot_mode"], base)
+    if basis == "daruan":
+        return GroupDaruan(width, groups, o["reps"], o["preact_trainable"], o["fast"], base)
+    names = list(record["candidates"])
+    return Selectable([activation(record, width, None, n) for n in names], names, groups, groups, base)
 
 
-def kan_layer(record: dict[str, Any], in_features: int, out_features: int) -> nn.Module:
+def kan_layer(record: dict[str, Any], in_features: int, out_features: int, basis: str | None = None,
+              residual: bool | None = None) -> nn.Module:
     """A KAN layer of the record's basis and form."""
-    residual = record["form"] == "residual"
-    if record["basis"] == "rational":
+    basis = basis or record["basis"]
+    residual = record["form"] == "residual" if residual is None else residual
+    o = _opts(record)
+    if basis == "rational":
         return RationalKANLinear(in_features, out_features, record["groups"], residual)
-    return BSplineKANLinear(in_features, out_features, record["grid"], record["order"], residual)
+    if basis == "bspline":
+        return BSplineKANLinear(in_features, out_features, record["grid"], record["order"], residual)
+    if basis in ("fourier", "trukan"):
+        return BasisKANLinear(in_features, out_features, basis, o["terms"], o["degree"], o["knots"], o["knot_mode"])
+    if basis == "daruan":
+        return QKANLinear(in_features, out_features, o["reps"], o["preact_trainable"], o["fast"])
+    names = list(record["candidates"])
+    base = nn.Linear(in_features, out_features) if residual else None
+    return Selectable([kan_layer(record, in_features, out_features, n, False) for n in names], names,
+                      out_features, 0, base)
 
 
 def inputs_of(record: dict[str, Any]) -> list[str]:
@@ -60,6 +94,13 @@ def build(model: nn.Module, record: dict[str, Any]) -> None:
     place = dict(device=ref.device, dtype=ref.dtype)
     d, d_ff = record["width"], record["hidden"]
     residual = record["form"] == "residual"
+    if record["structure"] == "hqkan":
+        k = hqkan_width(d)
+        for path in inputs_of(record):
+            _put(model, path, nn.Linear(d, k).to(**place))
+        _put(model, record["act"], kan_layer(record, k, k).to(**place))
+        _put(model, record["down"], nn.Linear(k, d).to(**place))
+        return
     if record["structure"] == "kat":
         for path in inputs_of(record):
             f1 = activation(record, d, nn.Identity() if residual else None)
@@ -72,6 +113,11 @@ def build(model: nn.Module, record: dict[str, Any]) -> None:
     _put(model, record["down"], kan_layer(record, d_ff, d).to(**place))
     if absorbs_activation(record):
         _put(model, record["act"], nn.Identity())
+
+
+def hqkan_width(d: int) -> int:
+    """HQKAN's bottleneck k = ceil(log2 d)."""
+    return max(1, math.ceil(math.log2(d)))
 
 
 def _put(model: nn.Module, path: str, module: nn.Module) -> None:

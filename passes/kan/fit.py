@@ -19,12 +19,14 @@ from surgeon.passes.kan.layers import DEN_DEGREE, NUM_DEGREE
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300) -> tuple[torch.Tensor, torch.Tensor]:
+def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300,
+                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit KAT's group rational to ``target`` on samples (groups, N): shared numerator (6,), denominators (g, 4).
 
     Least squares in a scaled variable t = x / s (s = max |x|), so powers up to 5 stay well conditioned:
     first the linearised problem P(t) − f·(Q(t) − 1) = f on all samples, then L-BFGS on the true objective
-    Σ_g mean_x (P/Q_g − f)² over the shared numerator and every group's denominator.
+    Σ_g mean_x (P/Q_g − f)² over the shared numerator and every group's denominator. ``weights`` (groups, N),
+    if given, weight each sample's squared error (e.g. by its channel's down-projection column norm²).
     """
     x = samples.double()
     f = target(x).double()
@@ -32,16 +34,18 @@ def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300) -> tupl
     t = x / s
     tp = torch.stack([t ** i for i in range(NUM_DEGREE + 1)], -1)                  # (g, N, 6)
     at = torch.stack([t.abs() ** j for j in range(1, DEN_DEGREE + 1)], -1)        # (g, N, 4)
-    design = torch.cat([tp, -f[..., None] * at], -1).reshape(-1, NUM_DEGREE + 1 + DEN_DEGREE)
-    sol = torch.linalg.lstsq(design, f.reshape(-1, 1)).solution.squeeze(1)
+    w = torch.ones_like(x) if weights is None else weights.double() / weights.double().mean()
+    root = w.sqrt()[..., None]
+    design = (root * torch.cat([tp, -f[..., None] * at], -1)).reshape(-1, NUM_DEGREE + 1 + DEN_DEGREE)
+    sol = torch.linalg.lstsq(design, (root[..., 0] * f).reshape(-1, 1)).solution.squeeze(1)
     alpha = sol[: NUM_DEGREE + 1].clone().requires_grad_(True)
     beta = sol[NUM_DEGREE + 1:].abs().repeat(x.shape[0], 1).clone().requires_grad_(True)
-    scale = f.pow(2).mean().clamp_min(1e-12)
+    scale = (w * f.pow(2)).mean().clamp_min(1e-12)
 
     def loss_fn():
         p = (tp * alpha).sum(-1)
         q = 1 + (at * beta.abs()[:, None, :]).sum(-1)
-        return ((p / q - f) ** 2).mean() / scale
+        return (w * (p / q - f) ** 2).mean() / scale
 
     opt = torch.optim.LBFGS([alpha, beta], max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
                             tolerance_change=1e-15, history_size=50)
@@ -60,7 +64,7 @@ def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300) -> tupl
 
 
 def spline_fit(samples: torch.Tensor, knots: torch.Tensor, order: int, target: Fn, *,
-               ridge: float = 1e-10) -> tuple[torch.Tensor, torch.Tensor]:
+               ridge: float = 1e-10, weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Least-squares ``w·SiLU(x) + Σ c_m B_m(x) ≈ target(x)`` per channel on samples (N, C).
 
     Returns (w (C,), c (C, G+k)). A tiny ridge (relative to the Gram diagonal) keeps basis functions that no sample reaches at zero.
@@ -69,6 +73,9 @@ def spline_fit(samples: torch.Tensor, knots: torch.Tensor, order: int, target: F
     f = target(x).double()
     b = bspline_basis(x, knots.double(), order)                                    # (N, C, G+k)
     design = torch.cat([F.silu(x)[..., None], b], -1).transpose(0, 1)              # (C, N, M)
+    if weights is not None:  # (N, C) per-sample weights of the squared error
+        root = weights.double().T.sqrt()[..., None]
+        design, f = root * design, (root[..., 0] * f.T).T
     gram = design.transpose(1, 2) @ design
     scale = gram.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None]
     gram = gram + ridge * scale * torch.eye(gram.shape[-1], dtype=gram.dtype)

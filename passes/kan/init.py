@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -19,6 +20,8 @@ from torch import nn
 
 from surgeon.passes.kan.basis import adaptive_knots, rational
 from surgeon.passes.kan.build import absorbs_activation, inputs_of, mlp_forward
+from surgeon.passes.kan.extra_fit import fit_edges, fit_group_basis, fit_group_daruan, set_residual
+from surgeon.passes.kan.extra_layers import BasisKANLinear, GroupBasis, GroupDaruan, QKANLinear, Selectable
 from surgeon.passes.kan.fit import gaussian_gain, rational_fit, spline_fit
 from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
 from surgeon.patterns import linear_view
@@ -36,19 +39,32 @@ def grouped_samples(samples: torch.Tensor, groups: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_activation(module: nn.Module, samples: torch.Tensor, target, config) -> None:
-    """Fit a pure group activation to ``target`` on samples (N, C) of its input (in place)."""
+def fit_activation(module: nn.Module, samples: torch.Tensor, target, config,
+                   weights: torch.Tensor | None = None) -> None:
+    """Fit a pure group activation to ``target`` on samples (N, C) of its input (in place).
+
+    ``weights`` (C,): per-channel weights of the squared error (rational and B-spline fits use them)."""
+    if isinstance(module, Selectable):  # S-KAN: every candidate fitted; the mixture is their average
+        for cand in module.candidates:
+            fit_activation(cand, samples, target, config)
+        return
     pooled = grouped_samples(samples, module.groups)
+    pooled_w = None if weights is None else grouped_samples(weights.double().expand(len(samples), -1), module.groups)
     if len(pooled[0]) > config.fit_samples:  # subsample every group alike, deterministically
         idx = torch.randperm(len(pooled[0]), generator=torch.Generator().manual_seed(config.seed))
         pooled = pooled[:, idx[: config.fit_samples]]
-    if isinstance(module, GroupRational):
-        num, den = rational_fit(pooled, target)
+        pooled_w = None if pooled_w is None else pooled_w[:, idx[: config.fit_samples]]
+    if isinstance(module, GroupBasis):
+        fit_group_basis(module, pooled, target)
+    elif isinstance(module, GroupDaruan):
+        fit_group_daruan(module, pooled, target, config.seed)
+    elif isinstance(module, GroupRational):
+        num, den = rational_fit(pooled, target, weights=pooled_w)
         module.numerator.copy_(num)
         module.denominator.copy_(den)
     else:
         knots = adaptive_knots(pooled.T, module.grid, module.order, config.grid_eps)
-        w, c = spline_fit(pooled.T, knots, module.order, target)
+        w, c = spline_fit(pooled.T, knots, module.order, target, weights=None if pooled_w is None else pooled_w.T)
         module.knots.copy_(knots)
         module.silu.copy_(w)
         module.coef.copy_(c)
@@ -59,6 +75,13 @@ def fit_kan_layer(layer: nn.Module, samples: torch.Tensor, target, weight: torch
                   bias: torch.Tensor | None, config) -> None:
     """Pure KAN layer whose edge i→j starts as ``weight_ji · f_i`` with f_i ≈ ``target`` on channel i."""
     bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+    if isinstance(layer, Selectable):
+        for cand in layer.candidates:
+            fit_kan_layer(cand, samples, target, weight, bias, config)
+        return
+    if isinstance(layer, (BasisKANLinear, QKANLinear)):
+        fit_edges(layer, samples, target, weight, bias, config.seed)
+        return
     if isinstance(layer, BSplineKANLinear):
         knots = adaptive_knots(samples, layer.grid, layer.order, config.grid_eps)
         w, c = spline_fit(samples, knots, layer.order, target)
@@ -85,14 +108,21 @@ def init_fit(model: nn.Module, record: dict[str, Any], originals: dict[str, nn.M
     """``init: fit`` (see module docstring). ``originals`` maps paths to the replaced modules."""
     get = model.get_submodule
     residual = record["form"] == "residual"
+    if record["structure"] == "hqkan":
+        _hqkan_fit(model, record, originals, data, config)
+        return
     if record["structure"] == "kat":
         if residual:
             return  # residual corrections start at zero: already exact
         for path in inputs_of(record):
             f1 = get(path).act
-            if isinstance(f1, GroupBSpline):  # a rational starts as the exact identity; a spline must be fitted
+            if needs_identity_fit(f1):  # rationals and Fourier/TruKAN start as the exact identity
                 fit_activation(f1, data["x"], identity, config)
-        fit_activation(get(record["act"]), data["pre"], originals[record["act"]], config)
+        fit_activation(get(record["act"]), data["pre"], originals[record["act"]], config,
+                       weights=output_weights(originals[record["down"]], config))
+        if config.fit_weighting == "output":
+            fit_through_down(get(record["act"]), originals[record["act"]], originals[record["down"]], data["pre"],
+                             config)
         return
     for path in inputs_of(record):
         _kan_from_linear(get(path), originals[path], data["x"], identity, residual, config)
@@ -101,12 +131,88 @@ def init_fit(model: nn.Module, record: dict[str, Any], originals: dict[str, nn.M
     _kan_from_linear(get(record["down"]), originals[record["down"]], second_inputs, second, residual, config)
 
 
+def output_weights(down: nn.Module, config) -> torch.Tensor | None:
+    """Per-hidden-channel error weights ``‖W_down[:, c]‖²`` (``fit_weighting: down``), else None.
+
+    F2's error on channel c reaches the MLP output through column c of the down projection, so this weights
+    the activation fit by what it costs after fc2 (cross-channel terms ignored)."""
+    if getattr(config, "fit_weighting", "uniform") != "down":
+        return None
+    return linear_view(down).weight().detach().double().pow(2).sum(0)
+
+
+def fit_through_down(module: nn.Module, act: nn.Module, down: nn.Module, pre: torch.Tensor, config,
+                     rows: int = 2048, iters: int = 100) -> None:
+    """Refine F2 (after its 1-D fit) by L-BFGS on the error after the down projection (``fit_weighting: output``):
+    mean ‖(F(pre) − act(pre)) W_downᵀ‖² / mean ‖act(pre) W_downᵀ‖² over up to ``rows`` recorded rows, float64.
+    Only F2's few coefficients move, so this is a fit of the activation, not a distillation of the MLP."""
+    if len(pre) > rows:
+        pre = pre[torch.randperm(len(pre), generator=torch.Generator().manual_seed(config.seed))[:rows]]
+    weight = linear_view(down).weight().detach().double()
+    work = copy.deepcopy(module).double()
+    with torch.no_grad():
+        target = act(pre.to(next(down.parameters()).dtype)).double() @ weight.T
+    norm = target.pow(2).mean().clamp_min(1e-30)
+    params = [p for p in work.parameters() if p.requires_grad]
+    opt = torch.optim.LBFGS(params, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                            tolerance_change=1e-15, history_size=30)
+
+    def loss_fn():
+        return (work(pre) @ weight.T - target).pow(2).mean() / norm
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    with torch.no_grad():
+        start = float(loss_fn())
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        if float(loss_fn()) < start:  # keep the 1-D fit if L-BFGS did not improve it
+            for p, q in zip(module.parameters(), work.parameters()):
+                p.copy_(q.to(p.dtype))
+
+
+def needs_identity_fit(module: nn.Module) -> bool:
+    """Whether a pure F1 must be fitted to the identity (rationals and Fourier/TruKAN start as it exactly)."""
+    return not isinstance(module, (GroupRational, GroupBasis))
+
+
+def _width(module: Selectable) -> int:
+    return module.candidates[0].width
+
+
+def _kan_from_linear_weights(layer, samples, target, weight, residual: bool, config) -> None:
+    bias = torch.zeros(weight.shape[0], dtype=weight.dtype)
+    if not residual:
+        fit_kan_layer(layer, samples, target, weight, bias, config)
+    else:
+        _residual_layer(layer, samples, weight, bias, config)
+
+
 def _kan_from_linear(layer, original, samples, target, residual: bool, config) -> None:
     weight, bias = _weights(original)
     if not residual:
         fit_kan_layer(layer, samples, target, weight, bias, config)
         return
+    _residual_layer(layer, samples, weight, bias, config)
+
+
+def _residual_layer(layer, samples, weight, bias, config) -> None:
+    """A residual KAN layer holding the original Linear (``weight``, ``bias``) with zero corrections."""
     bias = torch.zeros(weight.shape[0], dtype=weight.dtype) if bias is None else bias
+    if isinstance(layer, Selectable):  # the original Linear in the base; candidates with zero output, ranges set
+        layer.base.weight.copy_(weight)
+        layer.base.bias.copy_(bias)
+        for cand in layer.candidates:
+            fit_kan_layer(cand, samples, identity, torch.zeros_like(weight), torch.zeros_like(bias), config)
+        return
+    if isinstance(layer, (BasisKANLinear, QKANLinear)):
+        set_residual(layer, samples, weight, bias)
+        return
     if isinstance(layer, BSplineKANLinear):  # residual base branch is x: it holds the original Linear
         layer.knots.copy_(adaptive_knots(samples, layer.grid, layer.order, config.grid_eps))
         layer.base_weight.copy_(weight)
@@ -163,6 +269,15 @@ def init_scratch(model, record, originals, config) -> None:
     normal = torch.randn(50_000, 1, generator=gen).double()
     residual = record["form"] == "residual"
     act = originals[record["act"]]
+    if record["structure"] == "hqkan":  # linears redrawn; the core's edges start as the activation (weight I)
+        for path in inputs_of(record):
+            _redraw(get(path), 1.0, gen)
+        core = get(record["act"])
+        k = get(record["down"]).in_features
+        fit_kan_layer(core, normal.expand(-1, k), act, torch.eye(k, dtype=torch.float64),
+                      torch.zeros(k, dtype=torch.float64), config)
+        _redraw(get(record["down"]), gaussian_gain(act), gen)
+        return
     if record["structure"] == "kat":
         fn2 = act
         if not residual:
@@ -170,7 +285,7 @@ def init_scratch(model, record, originals, config) -> None:
             fit_activation(f2, normal.expand(-1, f2.groups), act, config)
             fn2 = _first_group(f2)
             for path in inputs_of(record):
-                if isinstance(get(path).act, GroupBSpline):
+                if needs_identity_fit(get(path).act):
                     fit_activation(get(path).act, normal.expand(-1, get(path).act.groups), identity, config)
         for path in inputs_of(record):
             _redraw(get(path).linear, 1.0, gen)
@@ -184,6 +299,12 @@ def init_scratch(model, record, originals, config) -> None:
 
 
 def _scratch_kan(layer, gain, target, normal, residual, gen, config) -> None:
+    if isinstance(layer, (BasisKANLinear, QKANLinear, Selectable)):  # redrawn weights, edges fitted on N(0, 1)
+        fan_in = layer.in_features if not isinstance(layer, Selectable) else layer.candidates[0].in_features
+        out = layer.out_features if not isinstance(layer, Selectable) else len(layer.mix[0])
+        weight = torch.randn(out, fan_in, generator=gen, dtype=torch.float64) * gain / math.sqrt(fan_in)
+        _kan_from_linear_weights(layer, normal.expand(-1, fan_in), target, weight, residual, config)
+        return
     fan_in = layer.in_features if isinstance(layer, BSplineKANLinear) else layer.linear.in_features
     if isinstance(layer, BSplineKANLinear):
         bound = gain / math.sqrt(fan_in)  # efficient-kan's kaiming_uniform(a=√5) bound, times the gain
@@ -210,6 +331,8 @@ def _first_group(module: nn.Module):
     """Group 0's function of a group activation, on 1-D inputs (scratch fits every group alike)."""
     def fn(x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(-1, 1).double()
+        if not isinstance(module, (GroupRational, GroupBSpline)):
+            return module(x.expand(-1, module.width if hasattr(module, "width") else _width(module)))[:, 0]
         if isinstance(module, GroupRational):
             return rational(x[:, None, :], module.numerator.double(), module.denominator[:1].double()).reshape(-1)
         one = GroupBSpline(1, 1, module.grid, module.order).double()
@@ -219,3 +342,34 @@ def _first_group(module: nn.Module):
         return one(x).reshape(-1)
     return fn
 
+
+
+@torch.no_grad()
+def _hqkan_fit(model, record, originals, data, config) -> None:
+    """HQKAN start from data (the bottleneck cannot keep the function): input projections = the top-k principal
+    directions of the MLP input, whitened; the core's edges = the original activation (weight I); the output
+    projection = least squares from the core's output to the original MLP output."""
+    get = model.get_submodule
+    x = data["x"]
+    mean = x.mean(0)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    k = get(record["down"]).in_features
+    std = (s[:k] / math.sqrt(max(len(x) - 1, 1))).clamp_min(1e-6)
+    w1 = vh[:k] / std[:, None]
+    for path in inputs_of(record):
+        lin = get(path)
+        lin.weight.copy_(w1)
+        lin.bias.copy_(-w1 @ mean)
+    z = (x - mean) @ w1.T
+    fit_kan_layer(get(record["act"]), z, originals[record["act"]], torch.eye(k, dtype=torch.float64),
+                  torch.zeros(k, dtype=torch.float64), config)
+    rows = data["distill_x"]
+    ref = next(get(record["down"]).parameters())
+    first = get(record["gate"] or record["up"])
+    h = get(record["act"])(first(rows))
+    if record["kind"] == "gated":
+        h = h * get(record["up"])(rows)
+    design = torch.cat([h.double(), torch.ones(len(h), 1, dtype=torch.float64)], 1)
+    sol = torch.linalg.lstsq(design, data["distill_y"].double()).solution          # (k+1, d)
+    get(record["down"]).weight.copy_(sol[:-1].T.to(ref.dtype))
+    get(record["down"]).bias.copy_(sol[-1].to(ref.dtype))

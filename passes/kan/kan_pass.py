@@ -8,6 +8,7 @@ Each record also carries ``init_error``: the MLP's relative error on the init da
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,18 +39,32 @@ class KAN(PassConfig):
     ``grid`` (B-spline intervals G) and ``order`` (k); ``grid_eps`` (uniform share of adapted grids);
     ``fit_samples`` (most samples per group in 1-D activation fits: the rare large pre-activations must be
     in the sample, 2k per group missed MiniLM's tails); ``samples`` (rows for distillation); ``steps``, ``lr``
-    (distillation); ``seed``.
+    (distillation); ``seed``. Further bases: ``terms`` (Fourier G), ``degree``/``knots``/``knot_mode`` (TruKAN
+    k, M and fixed | shared | individual knots; individual needs ``structure: kan``), ``reps``/
+    ``preact_trainable``/``measure`` (DARUAN re-uploading layers, trainable encodings, true ⟨Z⟩ "expectation"
+    or QKAN's "fast" |α| − |β|), ``candidates`` (S-KAN's bases for ``basis: selectable``), ``fit_weighting``
+    (``down``: weight F2's fit per hidden channel by its down-projection column norm²; ``output``: then L-BFGS on
+    F2's coefficients against the error after fc2, cross-channel terms included; ``kat`` structure).
     """
 
     pass_name = "kan"
-    basis: Literal["rational", "bspline"] = "rational"
-    structure: Literal["kat", "kan"] = "kat"
+    basis: Literal["rational", "bspline", "fourier", "trukan", "selectable", "daruan"] = "rational"
+    structure: Literal["kat", "kan", "hqkan"] = "kat"
     form: Literal["residual", "pure"] = "residual"
     init: Literal["fit", "distill", "scratch"] = "fit"
     groups: int = 8
     grid: int = 5
     order: int = 3
     grid_eps: float = 0.02
+    terms: int = 5
+    degree: int = 3
+    knots: int = 6
+    knot_mode: Literal["fixed", "shared", "individual"] = "fixed"
+    reps: int = 3
+    preact_trainable: bool = True
+    measure: Literal["expectation", "fast"] = "expectation"
+    candidates: tuple[str, ...] = ("bspline", "fourier", "trukan")
+    fit_weighting: Literal["uniform", "down", "output"] = "uniform"
     samples: int = 2048
     fit_samples: int = 16384
     steps: int = 200
@@ -58,13 +73,25 @@ class KAN(PassConfig):
 
     def check(self) -> None:
         """Sizes positive, ``grid_eps`` in [0, 1], ``lr`` positive."""
-        for name, low in (("groups", 1), ("grid", 1), ("order", 1), ("samples", 16), ("fit_samples", 16), ("steps", 0), ("seed", 0)):
+        for name, low in (("groups", 1), ("grid", 1), ("order", 1), ("samples", 16), ("fit_samples", 16), ("steps", 0),
+                          ("seed", 0), ("terms", 1), ("degree", 1), ("knots", 1), ("reps", 1)):
             if getattr(self, name) < low:
                 raise RecipeError(f"option `{name}` of pass `kan` must be at least {low}, got {getattr(self, name)}",
                                   fix=f"Set `{name}` to {low} or more")
         if not 0 <= self.grid_eps <= 1:
             raise RecipeError(f"option `grid_eps` of pass `kan` must lie in [0, 1], got {self.grid_eps}",
                               fix="Set `grid_eps` between 0 (quantile grid) and 1 (uniform grid)")
+        allowed = ("rational", "bspline", "fourier", "trukan", "daruan")
+        if not self.candidates or any(c not in allowed for c in self.candidates) or \
+                len(set(self.candidates)) != len(self.candidates):
+            raise RecipeError(f"option `candidates` of pass `kan` must be distinct names from {allowed}, "
+                              f"got {self.candidates}", fix="e.g. candidates: [bspline, fourier, trukan]")
+        if self.knot_mode == "individual" and self.structure != "kan":
+            raise RecipeError("option `knot_mode: individual` of pass `kan` needs `structure: kan` (an activation "
+                              "has one function per group, so its knots are shared)", fix="Use knot_mode: shared")
+        if self.structure == "hqkan" and self.form != "pure":
+            raise RecipeError("option `form` of pass `kan` must be `pure` with `structure: hqkan` (the log2 "
+                              "bottleneck replaces the MLP; there is no exact residual form)", fix="Set form: pure")
         if not self.lr > 0:
             raise RecipeError(f"option `lr` of pass `kan` must be positive, got {self.lr}", fix="Set `lr` > 0")
 
@@ -76,7 +103,8 @@ class KANPass(PassHandler):
     preserves = "approx"
     paper = ("KAT: Yang & Wang, 'Kolmogorov-Arnold Transformer' (ICLR 2025); KAN: Liu et al., "
              "'KAN: Kolmogorov-Arnold Networks' (ICLR 2025)")
-    summary = "Replace MLPs by KAT/KAN structures with group-rational or B-spline functions."
+    summary = ("Replace MLPs by KAT/KAN structures with rational, B-spline, Fourier, TruKAN, DARUAN (QKAN) or "
+               "S-KAN selectable functions.")
     site_kind = "MLP"
 
     def find(self, ctx: PassContext, config: KAN) -> Found:
@@ -101,11 +129,21 @@ def _plan(model, mlp, config: KAN) -> dict:
     record = {"path": mlp.path, "kind": mlp.kind, "up": mlp.up, "gate": mlp.gate, "act": mlp.act,
               "down": mlp.down, "width": up.in_features, "hidden": up.out_features,
               "basis": config.basis, "structure": config.structure, "form": config.form,
-              "groups": config.groups, "grid": config.grid, "order": config.order}
+              "groups": config.groups, "grid": config.grid, "order": config.order, "terms": config.terms,
+              "degree": config.degree, "knots": config.knots, "knot_mode": config.knot_mode, "reps": config.reps,
+              "preact_trainable": config.preact_trainable, "measure": config.measure,
+              "candidates": list(config.candidates)}
     if mlp.act is None:
         raise RecipeError(f"pass `kan` needs the activation of {mlp.path} as a module; it is a function call",
                           fix="Target MLPs whose activation is a submodule")
-    uses_groups = config.basis == "rational" or config.structure == "kat"
+    bases = {config.basis} | (set(config.candidates) if config.basis == "selectable" else set())
+    uses_groups = "rational" in bases or config.structure == "kat"
+    if config.structure == "hqkan" and "rational" in bases:
+        k = math.ceil(math.log2(record["width"]))
+        if k % config.groups:
+            raise RecipeError(f"option `groups` of pass `kan` ({config.groups}) does not divide the HQKAN width {k} "
+                              f"of {mlp.path}", fix="Set groups: 1 with structure hqkan and basis rational")
+        uses_groups = False
     for width in (record["width"], record["hidden"]):
         if uses_groups and width % config.groups:
             raise RecipeError(f"option `groups` of pass `kan` ({config.groups}) does not divide the width {width} "

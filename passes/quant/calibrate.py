@@ -29,13 +29,16 @@ from surgeon.runner import call_kwargs
 class CalibrateQuant(PassConfig):
     """Options of ``calibrate_quant``: ``epochs`` over the batches, learning rates, ``seed``.
 
-    ``lr`` is for LWC logits and ASQ adapters (OmniQuant's lwc_lr 1e-2); steps (LSQ, ASQ) use
-    ``step_lr`` times their initial mean value, since a step's size is set by its tensor's scale.
+    ``lr`` is for LWC logits and ASQ adapters: 5e-2, five times OmniQuant's lwc_lr (1e-2), because the
+    default budget here is ~50 AdamW steps (5 epochs of ~10 batches) where OmniQuant takes thousands; at
+    1e-2 the clips are still moving after 5 epochs (docs/passes/quant.md has the measurements). Steps
+    (LSQ, ASQ) use ``step_lr`` times their initial mean value, since a step's size is set by its tensor's
+    scale.
     """
 
     pass_name = "calibrate_quant"
     epochs: int = 5
-    lr: float = 1e-2
+    lr: float = 5e-2
     step_lr: float = 1e-2
     seed: int = 0
 

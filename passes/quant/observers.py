@@ -88,8 +88,12 @@ def finish(q: Quantizer, obs: Observer, method: str, percentile: float) -> None:
     if s.is_log:
         q.delta.copy_(log_delta(sample, s.bits, s.fmt == "logsqrt2", method).to(device))
         return
-    if s.mode == "asq":  # LSQ-style start: the mean per-token reach over qmax
-        q.step.copy_((sample.abs().amax(1).mean() / q.qmax).clamp_min(F.SCALE_MIN).reshape(1).to(device))
+    if s.mode == "asq":  # ref = mean per-token range, s = ref / span: ASQ starts at per-token RTN
+        m = sample.abs().amax(1) if s.symmetric else sample.amax(1) - sample.amin(1)
+        ref = m.mean().clamp_min(F.SCALE_MIN)
+        span = q.qmax if s.symmetric else q.qmax - q.qmin
+        q.ref.copy_(ref.reshape(1).to(device))
+        q.step.copy_((ref / span).reshape(1).to(device))
         return
     per_channel = s.granularity == "channel"
     if method == "percentile":

@@ -27,8 +27,8 @@ ASQ_HIDDEN = 8
 class AsqAdapter(nn.Module):
     """ASQ's step adapter: per-token statistics → factor β > 0; starts at β = 1 (the last layer is zero).
 
-    Input features are log(max|x|), log(mean|x|) and log(std x) of each token relative to the grid's
-    reach s·qmax, so the adapter sees scale-free numbers. β = exp(tanh(·)) keeps it within [1/e, e].
+    Input features are log(max|x|), log(mean|x|) and log(std x) of each token relative to ``reach`` (the
+    quantizer's observed mean per-token range, a buffer), so the adapter sees scale-free numbers. β = exp(tanh(·)) keeps it within [1/e, e].
     """
 
     def __init__(self, hidden: int = ASQ_HIDDEN):
@@ -79,6 +79,7 @@ class Quantizer(nn.Module):
             self.register_buffer("zero", torch.zeros(stat))
         elif s.mode == "asq":
             self.step = nn.Parameter(torch.ones(1))
+            self.register_buffer("ref", torch.ones(1))  # observed mean per-token range (see _asq)
             self.adapter = AsqAdapter()
 
     @property
@@ -143,12 +144,23 @@ class Quantizer(nn.Module):
         return self.clip * lo, self.clip * hi
 
     def _asq(self, x: torch.Tensor) -> torch.Tensor:
-        # x is (tokens, C). ASQ: s_a = s·β(x); we dequantise with s_a (not s), so the grid stays consistent
+        # x is (tokens, C). ASQ: s_a = s·β(x). We dequantise with s_a (not s), so the grid stays consistent
         # when β moves away from 1 (METHODS.md B.10 leaves this open; the paper's code is not public).
+        # β = (m_t / ref)·exp(tanh(adapter)): m_t is the token's range (max|x| sym, max − min asym) and ref
+        # its observed mean, with s starting at ref / span. So calibration starts at per-token RTN exactly
+        # (the adapter's last layer is zero) and learns a global clip (s) and a per-token correction; a
+        # plain zero-initialised adapter (β = 1) starts ASQ as a *static* per-tensor quantizer instead,
+        # which short post-training calibration cannot recover (see docs/passes/quant.md).
         factor = 1.0 / math.sqrt(x.shape[-1] * self.qmax)
         step = F.grad_scale(self.step, factor)
-        beta = self.adapter(x, (step * self.qmax).detach())
-        return F.fake_uniform(x, step * beta, torch.zeros_like(step), self.qmin, self.qmax)
+        with torch.no_grad():
+            lo, hi = x.amin(-1, keepdim=True), x.amax(-1, keepdim=True)
+            m = torch.maximum(lo.abs(), hi.abs()) if self.spec.symmetric else hi - lo
+            ratio = (m / self.ref).clamp_min(F.SCALE_MIN)
+        beta = self.adapter(x, self.ref)
+        step_a = (step * ratio * beta).clamp(F.SCALE_MIN, F.SCALE_MAX)
+        zero = torch.zeros_like(step_a) if self.spec.symmetric else F.round_ste(-lo / step_a)
+        return F.fake_uniform(x, step_a, zero, self.qmin, self.qmax)
 
     def grid(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(step, zero) of an int weight quantizer for weight ``w``, exactly as ``forward`` computes them."""

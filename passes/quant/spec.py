@@ -10,7 +10,7 @@ Grammar: ``none`` or hyphen-separated tokens, the format first:
   weights: ``channel`` = per output row, ``g<N>`` = per row and group of N inputs (``token`` is invalid);
   activations: ``tensor``/``channel`` are static (set by the observer), ``token``/``g<N>`` dynamic;
 - learning mode ``rtn`` (no trained parameter) | ``lsq`` (learned step) | ``lwc`` (OmniQuant learnable
-  clipping) | ``asq`` (LSQ step times a per-token adapter factor; activations, ``token``, symmetric).
+  clipping) | ``asq`` (LSQ step times a per-token adapter factor; activations, ``token``, sym or asym).
 
 Examples: ``int4-asym-g128-lwc``, ``int8-sym-token``, ``int4-token-asq``, ``fp8e4m3-channel``.
 """
@@ -103,8 +103,8 @@ def _check(spec: QuantSpec, role: str, bad) -> None:
         raise bad("weights have no tokens; use tensor, channel or g<N>")
     if role == "weight" and spec.mode == "asq":
         raise bad("asq is an activation quantizer")
-    if spec.mode == "asq" and (spec.granularity != "token" or not spec.symmetric or spec.fmt != "int"):
-        raise bad("asq needs an int format, sym and token granularity")
+    if spec.mode == "asq" and (spec.granularity != "token" or spec.fmt != "int"):
+        raise bad("asq needs an int format and token granularity")
     if spec.mode == "lsq" and role != "weight" and spec.granularity not in ("tensor", "channel"):
         raise bad("lsq on activations needs a static granularity (tensor or channel)")
     if spec.fmt != "int" and spec.mode in ("lsq", "asq"):

@@ -11,6 +11,7 @@ from torch import nn
 from surgeon.errors import RecipeError
 from surgeon.passes.quant import formats as F
 from surgeon.passes.quant.layers import PackedLinear, QuantLinear
+from surgeon.passes.quant.observers import finish
 from surgeon.passes.quant.quantizers import Quantizer
 from surgeon.passes.quant.repquant import fold_dual_clip
 from surgeon.passes.quant.spec import parse
@@ -133,14 +134,51 @@ def test_quantizer_parameter_gradients_pass_gradcheck_in_float64(monkeypatch):
     params = (lwc.upper.detach().clone().requires_grad_(), lwc.lower.detach().clone().requires_grad_())
     assert torch.autograd.gradcheck(lambda u, l: _with(lwc, upper=u, lower=l)(w), params, eps=1e-6, atol=1e-6)
     x = torch.randn(3, 16, dtype=torch.float64)
-    asq = Quantizer("int4-token-asq", "input", (16,)).double()
-    nn.init.normal_(asq.adapter.net[2].weight, std=0.5)
     lsq = Quantizer("int4-sym-tensor-lsq", "input", (16,)).double()
     step = torch.tensor([0.15], dtype=torch.float64, requires_grad=True)  # small: some values clip
     assert torch.autograd.gradcheck(lambda s: _with(lsq, step=s)(x), (step,), eps=1e-7, atol=1e-6)
-    weight = asq.adapter.net[2].weight.detach().clone().requires_grad_()
-    assert torch.autograd.gradcheck(lambda a: _with(asq, **{"adapter.net.2.weight": a, "step": torch.tensor(
-        [0.15], dtype=torch.float64)})(x), (weight,), eps=1e-7, atol=1e-6)
+    for spec in ("int4-token-asq", "int4-asym-token-asq"):
+        asq = Quantizer(spec, "input", (16,)).double()
+        nn.init.normal_(asq.adapter.net[2].weight, std=0.5)
+        asq.ref.fill_(2.0)
+        weight = asq.adapter.net[2].weight.detach().clone().requires_grad_()
+        step = torch.tensor([0.15], dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda a, s: _with(asq, **{"adapter.net.2.weight": a, "step": s})(x),
+                                        (weight, step), eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_observed_asq_starts_at_per_token_rtn(sym):
+    # ASQ's β = (m_t / ref)·exp(tanh(adapter)) with s = ref / span: before training it is per-token RTN,
+    # written here with torch's per-channel fake quantizer over the token axis.
+    g = torch.Generator().manual_seed(0)  # every token has values of both signs (torch needs 0 ≤ z ≤ 15)
+    x = torch.randn(2, 9, 16, generator=g) * torch.linspace(0.2, 3.0, 9)[None, :, None]
+    q = Quantizer(f"int4-{'sym' if sym else 'asym'}-token-asq", "input", (16,))
+    finish(q, _observer_of(x), "minmax", 99.99)
+    rows = x.reshape(-1, 16)
+    lo, hi = rows.amin(1), rows.amax(1)
+    m = torch.maximum(-lo, hi) if sym else hi - lo
+    assert float(q.ref) == pytest.approx(float(m.mean()), rel=1e-6)
+    assert float(q.step.detach()) == pytest.approx(float(m.mean()) / (7 if sym else 15), rel=1e-6)
+    if sym:
+        scale, zero, qmin, qmax = torch.maximum(-lo, hi) / 7, torch.zeros_like(lo), -8, 7
+    else:
+        scale = (hi - lo) / 15
+        zero, qmin, qmax = torch.round(-lo / scale), 0, 15
+    ref = torch.fake_quantize_per_channel_affine(rows.T.contiguous(), scale, zero.to(torch.int32), 1, qmin, qmax).T
+    with torch.no_grad():
+        out = q(x).reshape(-1, 16)
+    # s·(m_t/ref) equals m_t/span up to one float rounding, which can move a code sitting on a tie
+    close = torch.isclose(out, ref, rtol=0, atol=1e-5)
+    assert float(close.float().mean()) > 0.98 and float((out - ref).abs().max()) <= float(scale.max()) * 1.001
+
+
+def _observer_of(x):
+    from surgeon.passes.quant.observers import Observer
+
+    obs = Observer()
+    obs.update(x)
+    return obs
 
 
 def _with(q, **params):
