@@ -24,7 +24,7 @@ CASES = [
     PassCase("quant-asq-calibrate-qwen2", "tiny-qwen2",
              (FakeQuant(weight="int4-sym-channel-lwc", input="int4-token-asq"), CalibrateQuant(epochs=1)),
              calibration=_batches),
-    PassCase("quant-repquant-calibrate-fold-opt", "tiny-opt",
+    PassCase("quant-repquant-calibrate-fold-pack-opt", "tiny-opt",
              (FakeQuant(weight="int4-asym-channel-lwc", input="int4-asym-channel-lwc"), CalibrateQuant(epochs=1),
-              RepQuantFold()), calibration=_batches),
+              RepQuantFold(), PackQuant()), calibration=_batches),
 ]
