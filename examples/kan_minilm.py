@@ -2,7 +2,8 @@
 
 Calibration uses the first 30 lines of examples/data/kan_sentences.txt, evaluation the last 30 (disjoint).
 Embeddings are mean-pooled over the attention mask and L2-normalised (the model's sentence-transformers
-pooling). Run: ``python examples/kan_minilm.py`` (about a minute on 1 CPU thread).
+pooling). Run: ``python examples/kan_minilm.py`` (all rows: several minutes on 1 CPU thread; the B-spline
+``fit_weighting: output`` row is the slow one) or ``python examples/kan_minilm.py 1 3`` for chosen rows.
 """
 
 from __future__ import annotations

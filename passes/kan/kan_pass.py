@@ -89,6 +89,9 @@ class KAN(PassConfig):
         if self.knot_mode == "individual" and self.structure != "kan":
             raise RecipeError("option `knot_mode: individual` of pass `kan` needs `structure: kan` (an activation "
                               "has one function per group, so its knots are shared)", fix="Use knot_mode: shared")
+        if self.fit_weighting != "uniform" and (self.structure != "kat" or self.form != "pure" or self.init == "scratch"):
+            raise RecipeError("option `fit_weighting` of pass `kan` applies to the fitted F2 of `structure: kat, "
+                              "form: pure` (init fit or distill)", fix="Leave fit_weighting: uniform here")
         if self.structure == "hqkan" and self.form != "pure":
             raise RecipeError("option `form` of pass `kan` must be `pure` with `structure: hqkan` (the log2 "
                               "bottleneck replaces the MLP; there is no exact residual form)", fix="Set form: pure")

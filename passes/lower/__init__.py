@@ -2,7 +2,7 @@
 
 from surgeon.passes.lower.layers import LoweredGroupRational, LoweredQuantizer
 from surgeon.passes.lower.lower_pass import Lower, LowerPass
-from surgeon.passes.lower.table import ROWS, Row
+from surgeon.passes.lower.table import ROWS, Row  # noqa: F401 - importable as surgeon.passes.lower.ROWS
 
 # Re-exported as surgeon.passes.<name>; the table stays under surgeon.passes.lower (generic names).
 __all__ = ["Lower", "LowerPass", "LoweredGroupRational", "LoweredQuantizer"]
