@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from surgeon.passes.kan.extra_basis import daruan, fourier_features, truncated_power_features
 from surgeon.passes.kan.extra_layers import BasisKANLinear, GroupBasis, GroupDaruan, QKANLinear
+from surgeon.passes.kan.fit import lbfgs_minimise
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -94,17 +95,7 @@ def fit_daruan(samples: torch.Tensor, target: Fn, reps: int, preact_trainable: b
         y = post_w[:, None] * (zz + post_b[:, None]) + base_w[:, None] * F.silu(x)
         return ((y - f) ** 2).mean() / norm
 
-    opt = torch.optim.LBFGS(params, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                            tolerance_change=1e-15, history_size=50)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    lbfgs_minimise(params, loss_fn, iters)
     return {k: v.detach() for k, v in dict(theta=theta, pre_w=pre_w, pre_b=pre_b, post_w=post_w, post_b=post_b,
                                             base_w=base_w).items()}
 

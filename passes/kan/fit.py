@@ -19,6 +19,21 @@ from surgeon.passes.kan.layers import DEN_DEGREE, NUM_DEGREE
 Fn = Callable[[torch.Tensor], torch.Tensor]
 
 
+
+def lbfgs_minimise(params: list[torch.Tensor], loss_fn, iters: int) -> None:
+    """Minimise ``loss_fn()`` over ``params`` (leaf tensors requiring grad) with strong-Wolfe L-BFGS."""
+    opt = torch.optim.LBFGS(params, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
+                            tolerance_change=1e-15, history_size=50)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn()
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+
 def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300,
                  weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit KAT's group rational to ``target`` on samples (groups, N): shared numerator (6,), denominators (g, 4).
@@ -47,17 +62,7 @@ def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300,
         q = 1 + (at * beta.abs()[:, None, :]).sum(-1)
         return (w * (p / q - f) ** 2).mean() / scale
 
-    opt = torch.optim.LBFGS([alpha, beta], max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                            tolerance_change=1e-15, history_size=50)
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
+    lbfgs_minimise([alpha, beta], loss_fn, iters)
     powers_num = torch.tensor([s ** -i for i in range(NUM_DEGREE + 1)], dtype=torch.float64)
     powers_den = torch.tensor([s ** -j for j in range(1, DEN_DEGREE + 1)], dtype=torch.float64)
     return alpha.detach() * powers_num, beta.detach().abs() * powers_den
