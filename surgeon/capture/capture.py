@@ -148,6 +148,19 @@ def _capture_scopes(model: nn.Module, calls: dict[str, RecordedCall], *, verify:
     return scopes
 
 
+def _rebind(graph_module, module: nn.Module):
+    """``graph_module`` itself when it already calls exactly ``module``'s submodules, else a rebound copy."""
+    for node in graph_module.graph.nodes:
+        if node.op == "call_module":
+            try:
+                same = graph_module.get_submodule(node.target) is module.get_submodule(node.target)
+            except AttributeError:
+                same = False
+            if not same:
+                return bind_graph(graph_module, module)
+    return graph_module
+
+
 def wrapper_key(model: nn.Module, blocks: set[int]) -> tuple:
     """The model scope's structure: every wrapper module inlined in it (not the leaves' insides)."""
     wrappers = block_ancestors(model, blocks)
@@ -161,7 +174,7 @@ def _new_scope(module, path, kind, call, blocks, verify, old: Scope | None = Non
         return scope
     start = time.perf_counter()
     if old is not None and same_signature(old.call, call):
-        gm, fallbacks, failure = bind_graph(old.graph_module, module), list(old.fallbacks), None
+        gm, fallbacks, failure = _rebind(old.graph_module, module), list(old.fallbacks), None
         scope.reused = True
         # Same structure and call: the retrace would give the same graph, already verified. The model
         # scope is the exception: its leaves (blocks, norms, heads) may have been replaced.

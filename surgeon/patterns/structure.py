@@ -14,6 +14,7 @@ Each probe runs the module once on a small seeded input; results are cached per 
 from __future__ import annotations
 
 import copy
+import functools
 import weakref
 from dataclasses import dataclass
 from typing import Literal
@@ -42,9 +43,15 @@ def _childless(module: nn.Module) -> bool:
     return next(module.children(), None) is None
 
 
-def _probe_input(n: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _probe_base(n: int, width: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1234)
-    return (torch.randn(n, width, generator=gen, dtype=torch.float64) * 1.5 + 0.3).to(dtype=dtype, device=device)
+    return torch.randn(n, width, generator=gen, dtype=torch.float64) * 1.5 + 0.3
+
+
+def _probe_input(n: int, width: int, dtype: torch.dtype, device) -> torch.Tensor:
+    # The same seeded draw every time (cached: a fold probes one norm per block).
+    return _probe_base(n, width).to(dtype=dtype, device=device, copy=True)  # probes must not share it
 
 
 # ---------------------------------------------------------------------------------------------- linear
