@@ -14,15 +14,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..rounding import round_half_even
+
 BLOCK_M = 16
-
-
-@triton.jit
-def _round_half_even(v):
-    f = tl.floor(v)
-    d = v - f
-    odd = (f - 2.0 * tl.floor(f * 0.5)) != 0.0
-    return tl.where(d > 0.5, f + 1.0, tl.where(d < 0.5, f, tl.where(odd, f + 1.0, f)))
 
 
 @triton.jit
@@ -38,7 +32,7 @@ def _static_forward(x_ptr, y_ptr, s_ptr, z_ptr, n_rows, width, group_size, n_gro
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + rows * n_groups + grp, mask=row_ok, other=1.0).to(tl.float32)[:, None]
     z = tl.load(z_ptr + rows * n_groups + grp, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    q = tl.minimum(tl.maximum(_round_half_even(tl.div_rn(x, s)) + z, qmin), qmax)
+    q = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, s)) + z, qmin), qmax)
     tl.store(y_ptr + offs, ((q - z) * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -57,7 +51,7 @@ def _static_backward(g_ptr, x_ptr, dx_ptr, ds_ptr, s_ptr, z_ptr, n_rows, width, 
     s = tl.load(s_ptr + rows * n_groups + grp, mask=row_ok, other=1.0).to(tl.float32)[:, None]
     z = tl.load(z_ptr + rows * n_groups + grp, mask=row_ok, other=0.0).to(tl.float32)[:, None]
     v = tl.div_rn(x, s)
-    r = _round_half_even(v)
+    r = round_half_even(v)
     level = r + z
     inside = (level >= qmin) & (level <= qmax)
     tl.store(dx_ptr + offs, tl.where(inside, g, 0.0).to(dx_ptr.dtype.element_ty), mask=mask)
@@ -77,7 +71,7 @@ def _dynamic_forward(x_ptr, y_ptr, n_rows, width, group_size, qmax,
     offs = rows[:, None] * width + grp * group_size + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.maximum(tl.max(tl.abs(x), 1), 1e-8)[:, None] / qmax
-    q = tl.minimum(tl.maximum(_round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
+    q = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
     tl.store(y_ptr + offs, (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -102,7 +96,7 @@ def _dynamic_forward_looped(x_ptr, y_ptr, n_rows, width, group_size, qmax,
         cols = start + tl.arange(0, CHUNK)
         mask = row_ok[:, None] & (cols[None, :] < group_size)
         x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(_round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
+        q = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
         tl.store(y_ptr + base + cols[None, :], (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -24,7 +24,7 @@ import surgeon
 from surgeon.errors import CertificationError, RecipeError
 from surgeon.passes.experts.cluster import balanced_kmeans, coactivation_partition
 from surgeon.passes.experts.layers import ExpertFFN
-from surgeon.passes.experts.sites import FfnSite, dense_reference, ffn_inputs, ffn_sites, hidden_activations
+from surgeon.passes.experts.sites import FfnSite, divisible_sites, dense_reference, ffn_inputs, hidden_activations
 from surgeon.patterns import linear_view
 from surgeon.pipeline.config import PassConfig
 from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
@@ -85,14 +85,7 @@ class MoefyPass(PassHandler):
     site_kind = "MLP"
 
     def find(self, ctx: PassContext, config: Moefy) -> Found:
-        sites, skipped = ffn_sites(ctx.capture)
-        found = []
-        for s in sites:
-            if s.d_ff % config.num_experts:
-                skipped.append((s.mlp.path, f"d_ff={s.d_ff} is not divisible by num_experts={config.num_experts}"))
-            else:
-                found.append(Site(s.mlp.path, s.mlp.path, data=s))
-        return Found(found, skipped)
+        return divisible_sites(ctx.capture, config.num_experts, "num_experts")
 
     def rewrite(self, ctx: PassContext, config: Moefy, sites: list[Site]) -> bool:
         batches = ctx.calibration or [surgeon.example_inputs(ctx.model)]

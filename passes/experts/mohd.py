@@ -25,7 +25,7 @@ from surgeon.errors import CertificationError, RecipeError
 from surgeon.passes.experts.cluster import balanced_kmeans
 from surgeon.passes.experts.layers import MohdFFN
 from surgeon.passes.experts.moefy import fill, fit_router, install
-from surgeon.passes.experts.sites import FfnSite, dense_reference, ffn_inputs, ffn_sites, hidden_activations
+from surgeon.passes.experts.sites import FfnSite, divisible_sites, dense_reference, ffn_inputs, hidden_activations
 from surgeon.patterns import linear_view
 from surgeon.pipeline.config import PassConfig
 from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
@@ -93,14 +93,7 @@ class MohdPass(PassHandler):
     site_kind = "MLP"
 
     def find(self, ctx: PassContext, config: Mohd) -> Found:
-        sites, skipped = ffn_sites(ctx.capture)
-        found = []
-        for s in sites:
-            if s.d_ff % config.num_groups:
-                skipped.append((s.mlp.path, f"d_ff={s.d_ff} is not divisible by num_groups={config.num_groups}"))
-            else:
-                found.append(Site(s.mlp.path, s.mlp.path, data=s))
-        return Found(found, skipped)
+        return divisible_sites(ctx.capture, config.num_groups, "num_groups")
 
     def rewrite(self, ctx: PassContext, config: Mohd, sites: list[Site]) -> bool:
         batches = ctx.calibration or [surgeon.example_inputs(ctx.model)]

@@ -17,6 +17,7 @@ from torch import nn
 
 from surgeon.calibration import collect_inputs
 from surgeon.patterns import MlpSite, linear_view, mlp_sites
+from surgeon.pipeline.registry import Found, Site
 
 
 @dataclass(frozen=True)
@@ -85,3 +86,15 @@ def ffn_inputs(model: nn.Module, sites: list[FfnSite], batches: list) -> dict[st
     """Each site's FFN inputs over ``batches`` as (tokens, d), padding tokens (attention_mask 0) dropped."""
     inputs = collect_inputs(model, [s.mlp.up for s in sites], batches, dtype=torch.float32, drop_padding=True)
     return {s.mlp.path: inputs[s.mlp.up] for s in sites}
+
+
+def divisible_sites(cap, count: int, option: str) -> Found:
+    """FFN sites whose hidden width splits into ``count`` parts; the rest skipped, naming ``option``."""
+    sites, skipped = ffn_sites(cap)
+    found = []
+    for s in sites:
+        if s.d_ff % count:
+            skipped.append((s.mlp.path, f"d_ff={s.d_ff} is not divisible by {option}={count}"))
+        else:
+            found.append(Site(s.mlp.path, s.mlp.path, data=s))
+    return Found(found, skipped)
