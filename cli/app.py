@@ -143,12 +143,18 @@ def inspect(
     scope: Optional[str] = typer.Option(None, help="Show one scope's graph (a module path; '' is the model)."),
     format: GraphFormat = typer.Option(GraphFormat.text, "--format", "-f", help="Graph format."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write to this file instead of the terminal."),
+    regions: bool = typer.Option(False, "--regions", help="List the Linear input groups and their producers."),
+    stats: bool = typer.Option(False, "--stats", help="Activation statistics (outliers, kurtosis, QSUR) per group."),
+    calibration: Optional[Path] = typer.Option(None, help="Batches for --stats: a text file of lines, or .safetensors."),
 ) -> None:
-    """Show a model's scopes, targetable sites and capture failures, or one scope's graph."""
+    """Show a model's scopes, targetable sites and capture failures, one scope's graph, or its regions/stats."""
     from surgeon.view import graph_dot, graph_html, graph_text, graph_view
 
     model = _load(source)
     cap = surgeon.capture(model)
+    if regions or stats:
+        _print_regions(model, cap, stats, calibration, out)
+        return
     if scope is None:
         if format is not GraphFormat.text:
             views = [graph_view(s.graph_module, s.path or "<model>", model.get_submodule(s.path))
@@ -177,6 +183,30 @@ def inspect(
     render_fn = {GraphFormat.text: graph_text, GraphFormat.dot: graph_dot,
                  GraphFormat.html: lambda v: graph_html([v], f"surgeon inspect {source} {scope}")}[format]
     _write_text(render_fn(view), out)
+
+
+def _print_regions(model, cap: Capture, with_stats: bool, calibration: Optional[Path], out: Optional[Path]) -> None:
+    from surgeon.passes.equiv.report import regions_of, regions_text, stats_rows
+
+    found = regions_of(model, cap)
+    if not with_stats:
+        _write_text(regions_text(found) + "\n", out)
+        return
+    if calibration is not None:
+        from surgeon.calibration import load_calibration
+
+        batches = load_calibration(calibration, model)
+    else:
+        batches = [surgeon.example_inputs(model)]
+    rows = stats_rows(model, found, batches)
+    lines = ["| first reader | width | producer | tokens | max/mean | channel max ratio | kurtosis | QSUR per dim |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = r.stats
+        qsur = "n/a (tokens ≤ width)" if s["qsur_per_dim"] != s["qsur_per_dim"] else f"{s['qsur_per_dim']:.4f}"
+        lines.append(f"| {r.group.readers[0]} | {r.group.width} | {r.group.producer_kind or 'online'} | {r.tokens} "
+                     f"| {s['max_over_mean']:.1f} | {s['channel_max_ratio']:.1f} | {s['kurtosis']:.1f} | {qsur} |")
+    _write_text("\n".join(lines) + "\n", out)
 
 
 def _print_sites(model, cap: Capture) -> None:

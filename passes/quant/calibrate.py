@@ -19,6 +19,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
+from surgeon.passes.equiv.layers import begin_training, learnable_transforms, settle
 from surgeon.passes.quant.quantizers import quantizers, set_enabled
 from surgeon.pipeline.config import PassConfig
 from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
@@ -29,6 +30,8 @@ from surgeon.runner import call_kwargs
 class CalibrateQuant(PassConfig):
     """Options of ``calibrate_quant``: ``epochs`` over the batches, learning rates, ``seed``.
 
+    ``transform_lr`` is for learnable equivalent transforms (``smooth``/``rotate`` with ``learnable``,
+    ``flat``, ``ost``): FlatQuant's and OmniQuant-LET's 5e-3.
     ``lr`` is for LWC logits and ASQ adapters: 5e-2, five times OmniQuant's lwc_lr (1e-2), because the
     default budget here is ~50 AdamW steps (5 epochs of ~10 batches) where OmniQuant takes thousands; at
     1e-2 the clips are still moving after 5 epochs (docs/passes/quant.md has the measurements). Steps
@@ -40,25 +43,31 @@ class CalibrateQuant(PassConfig):
     epochs: int = 5
     lr: float = 5e-2
     step_lr: float = 1e-2
+    transform_lr: float = 5e-3
     seed: int = 0
 
     def check(self) -> None:
         """Positive epochs and learning rates."""
         from surgeon.errors import RecipeError
 
-        for name in ("epochs", "lr", "step_lr"):
+        for name in ("epochs", "lr", "step_lr", "transform_lr"):
             if getattr(self, name) <= 0:
                 raise RecipeError(f"option `{name}` of pass `calibrate_quant` must be > 0, got {getattr(self, name)}",
                                   fix=f"Set `{name}` to a positive value")
 
 
+def _trainable(block: nn.Module) -> bool:
+    return any(p.requires_grad for q in quantizers(block) for p in q.parameters()) or bool(
+        learnable_transforms(block))
+
+
 def quant_blocks(model: nn.Module) -> list[str]:
-    """Paths of the repeated blocks holding trainable quantizers, in order (ModuleList entries)."""
+    """Paths of the repeated blocks holding trainable quantizers or learnable transforms, in order."""
     paths = []
     for path, module in model.named_modules():
         if isinstance(module, nn.ModuleList):
             for i, block in enumerate(module):
-                if any(p.requires_grad for q in quantizers(block) for p in q.parameters()):
+                if _trainable(block):
                     paths.append(f"{path}.{i}" if path else str(i))
     return paths
 
@@ -139,6 +148,11 @@ def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: Calibra
                 groups.append({"params": [p], "lr": rate})
             else:
                 groups.append({"params": [p], "lr": config.lr if config else 0.0})
+    transform_params = begin_training(block) if config is not None else []
+    for p in transform_params:
+        p.requires_grad_(True)
+    if transform_params:
+        groups.append({"params": transform_params, "lr": config.transform_lr})
     last = 0.0
     try:
         if groups and config is not None:
@@ -156,6 +170,9 @@ def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: Calibra
         for q in quants:
             for p in q.parameters():
                 p.requires_grad_(False)
+        for p in transform_params:
+            p.requires_grad_(False)
+        settle(block)  # fold trained transform deltas into the weights (a no-op without any)
         for p in frozen:
             p.requires_grad_(True)
     with torch.no_grad():
@@ -195,12 +212,14 @@ class CalibrateQuantPass(PassHandler):
 
     preserves = "changes"
     paper = "OmniQuant (Shao et al., ICLR 2024), block-wise error minimisation"
-    summary = "Block-wise reconstruction of quantizer parameters (LWC, LSQ, ASQ) on calibration batches."
+    summary = ("Block-wise reconstruction of quantizer parameters (LWC, LSQ, ASQ) and learnable transforms "
+               "on calibration batches.")
     site_kind = "block with trainable quantizers"
 
     def find(self, ctx: PassContext, config: CalibrateQuant) -> Found:
         paths = quant_blocks(ctx.model)
-        skipped = [] if paths else [("<model>", "no repeated block holds a trainable quantizer (use lwc/lsq/asq specs)")]
+        skipped = [] if paths else [("<model>", "no repeated block holds a trainable quantizer (use lwc/lsq/asq "
+                                              "specs) or a learnable transform")]
         return Found([Site(p, p) for p in paths], skipped)
 
     def rewrite(self, ctx: PassContext, config: CalibrateQuant, sites: list[Site]) -> bool:

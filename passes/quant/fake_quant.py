@@ -63,6 +63,14 @@ def _head_paths(model) -> set[str]:
     return {p for p, m in model.named_modules() if m is head or p.rsplit(".", 1)[-1] in HEAD_NAMES}
 
 
+def _site_name(model, path: str) -> str:
+    """The Linear's own name; for the ``linear`` inside an equivalent-transform wrapper, the wrapper's."""
+    parent, _, name = path.rpartition(".")
+    if name == "linear" and parent and getattr(model.get_submodule(parent), "surgeon_pass", None) == "equiv":
+        return parent.rsplit(".", 1)[-1]
+    return name
+
+
 def excluded_by(model, path: str, module, exclude: tuple[str, ...], heads: set[str]) -> str | None:
     """The ``exclude`` entry that removes ``path``, or None."""
     for entry in exclude:
@@ -106,7 +114,7 @@ class FakeQuantPass(PassHandler):
             view = linear_view(module)
             if view is None:
                 continue
-            is_kv = config.kv != "none" and path.rsplit(".", 1)[-1] in config.kv_names
+            is_kv = config.kv != "none" and _site_name(model, path) in config.kv_names
             if config.weight == "none" and config.input == "none" and not is_kv:
                 continue
             entry = excluded_by(model, path, module, config.exclude, heads)

@@ -1,0 +1,232 @@
+"""What the equivalent-transform passes share: finding input groups, statistics, wrapping, replay.
+
+Each pass (``smooth``, ``rotate``, ``flat``, ``ost``) builds one :class:`~.layers.InputTransform` per input
+group (see :mod:`.regions`) and either folds it offline (``smooth`` where the group's producer takes it)
+or wraps the group's readers in :class:`~.layers.TransformedLinear` with T⁻ᵀ folded into their weights.
+All of them preserve the model's function exactly (the manager certifies ≤ 1e-5 relative in fp32).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from surgeon.errors import SurgeonError
+from surgeon.inputs import example_inputs
+from surgeon.passes.equiv.layers import (DenseTransform, InputTransform, KroneckerTransform, ScaleTransform,
+                                          TransformedLinear)
+from surgeon.passes.equiv.regions import InputGroup
+from surgeon.passes.equiv.stats import activation_stats
+from surgeon.passes.quant.fake_quant import _head_paths, excluded_by
+from surgeon.passes.quant.layers import PackedLinear, QuantLinear
+from surgeon.patterns import linear_view
+from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site
+from surgeon.rewrite import set_submodule, tie_groups, untie
+from surgeon.runner import call_kwargs
+
+TRANSFORMS = {"scale": ScaleTransform, "dense": DenseTransform, "kron": KroneckerTransform}
+
+
+class GroupStats:
+    """Per-channel statistics of one group's input over the calibration batches, and a row sample."""
+
+    MAX_ROWS = 4096
+
+    def __init__(self):
+        self.absmax: torch.Tensor | None = None
+        self.lo: torch.Tensor | None = None
+        self.hi: torch.Tensor | None = None
+        self.rows: list[torch.Tensor] = []
+        self.count = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch of activations x (..., n)."""
+        x = x.detach().reshape(-1, x.shape[-1]).double()
+        lo, hi = x.amin(0), x.amax(0)
+        self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
+        self.hi = hi if self.hi is None else torch.maximum(self.hi, hi)
+        self.absmax = torch.maximum(self.lo.abs(), self.hi.abs())
+        if self.count < self.MAX_ROWS:
+            self.rows.append(x[: self.MAX_ROWS - self.count].float())
+            self.count += min(len(x), self.MAX_ROWS - self.count)
+
+    def sample(self) -> torch.Tensor:
+        """Up to MAX_ROWS recorded rows (tokens × channels)."""
+        return torch.cat(self.rows)
+
+
+def group_stats(model: nn.Module, groups: list[InputGroup], batches: list) -> list[GroupStats]:
+    """Statistics of each group's input (read at its first reader) over ``batches``."""
+    stats = [GroupStats() for _ in groups]
+    handles = []
+    for g, st in zip(groups, stats):
+        handles.append(model.get_submodule(g.readers[0]).register_forward_pre_hook(
+            lambda m, args, st=st: st.update(args[0])))
+    try:
+        with torch.no_grad():
+            for b in batches:
+                model(**call_kwargs(model, b)) if isinstance(b, dict) else model(b)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def reader_weights(model: nn.Module, readers: tuple[str, ...]) -> torch.Tensor:
+    """The readers' weights stacked as (Σ out, n) in float64 (for weight statistics)."""
+    return torch.cat([linear_view(model.get_submodule(r)).weight().detach().double() for r in readers])
+
+
+def certified_scope(model: nn.Module, group: InputGroup) -> str:
+    """Where a group's rewrite is exact on its own: the reader for an online transform; for a fold, the
+    repeated block holding producer and readers (a smaller scope would be run on an input that another
+    group's fold already rescaled)."""
+    if not group.foldable:
+        return group.readers[0]
+    parts = [p.split(".") for p in (*group.readers, group.producer)]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    for i in range(1, len(common) + 1):
+        parent = model.get_submodule(".".join(common[: i - 1]))
+        if isinstance(parent, nn.ModuleList):
+            return ".".join(common[:i])
+    return ".".join(common)
+
+
+STAT_KEYS = ("max_over_mean", "kurtosis", "qsur_per_dim")
+
+
+@torch.no_grad()
+def transform_effect(x: torch.Tensor, transform) -> tuple[dict, dict]:
+    """Activation statistics of a group's input sample before and after ``transform`` (x ↦ x·T)."""
+    qsur = len(x) > x.shape[-1]  # a covariance needs more tokens than channels
+    device = next(iter([*transform.buffers(), *transform.parameters()]), x).device
+    after = transform(x.to(device)).float().cpu()
+    return activation_stats(x, with_qsur=qsur), activation_stats(after, with_qsur=qsur)
+
+
+def effect_notes(effects: list[tuple[dict, dict]]) -> list[str]:
+    """One report line: each statistic's mean over the groups, before → after the transforms."""
+    if not effects:
+        return []
+    parts = []
+    for key in STAT_KEYS:
+        pairs = [(b[key], a[key]) for b, a in effects if b[key] == b[key] and a[key] == a[key]]
+        if pairs:
+            before = sum(p[0] for p in pairs) / len(pairs)
+            after = sum(p[1] for p in pairs) / len(pairs)
+            parts.append(f"{key} {before:.3g} → {after:.3g}" + (f" ({len(pairs)} groups)" if len(pairs) < len(effects) else ""))
+    return ["group input statistics, mean over groups, before → after: " + "; ".join(parts)]
+
+
+class EquivPass(PassHandler):
+    """Base handler: sites are input groups (a site's path is its first reader); exact by construction.
+
+    Subclasses implement ``make_transform(ctx, config, group, stats, index)`` → (transform, spec dict) and may
+    override ``eligible`` (a reason to skip a group) and ``rewrite_group`` (to fold instead of wrapping).
+    """
+
+    preserves = "exact"
+    site_kind = "input group (path of its first Linear reader)"
+
+    def requires(self, ctx: PassContext, config) -> None:
+        quantised = [p for p, m in ctx.model.named_modules() if isinstance(m, (QuantLinear, PackedLinear))]
+        if quantised:
+            raise SurgeonError(
+                f"pass `{self.name}` must run before `fake_quant`, but {quantised[0]} is already quantised",
+                fix=f"Put the `{self.name}` step before `fake_quant` in the recipe")
+
+    def eligible(self, model: nn.Module, config, group: InputGroup) -> str | None:
+        """Why ``group`` cannot take this transform, or None."""
+        return None
+
+    def find(self, ctx: PassContext, config) -> Found:
+        from surgeon.passes.equiv.report import regions_of
+
+        regions = regions_of(ctx.model, ctx.capture)
+        heads = _head_paths(ctx.model)
+        sites, skipped = [], []
+        for g in regions.groups:
+            reason = None
+            for r in g.readers:
+                entry = excluded_by(ctx.model, r, ctx.model.get_submodule(r), config.exclude, heads)
+                if entry:
+                    reason = f"{r} is excluded by `exclude` entry {entry!r}"
+                    break
+            if any(isinstance(ctx.model.get_submodule(r), TransformedLinear) or ".linear" in r and isinstance(
+                    ctx.model.get_submodule(r.rsplit(".", 1)[0]), TransformedLinear) for r in g.readers):
+                reason = "already transformed by an earlier pass"
+            reason = reason or self.eligible(ctx.model, config, g)
+            if reason:
+                skipped.append((g.readers[0], reason))
+            else:
+                sites.append(Site(g.readers[0], certified_scope(ctx.model, g), data=g))
+        return Found(sites, skipped)
+
+    def rewrite(self, ctx: PassContext, config, sites: list[Site]) -> bool:
+        batches = ctx.calibration or [example_inputs(ctx.model)]
+        groups = [s.data for s in sites]
+        stats = group_stats(ctx.model, groups, batches)
+        ties = tie_groups(ctx.model)
+        effects = []
+        for i, (site, group, st) in enumerate(zip(sites, groups, stats)):
+            for r in group.readers:
+                untie(ctx.model, r, groups=ties)
+            self.applied = None
+            site.record = self.rewrite_group(ctx, config, group, st, i)
+            if self.applied is not None:
+                effects.append(transform_effect(st.sample(), self.applied))
+        ctx.notes += self.notes(ctx, config, sites) + effect_notes(effects)
+        return bool(sites)
+
+    def notes(self, ctx: PassContext, config, sites: list[Site]) -> list[str]:
+        """Report lines (counts of placements); subclasses add their own."""
+        wrapped = sum(1 for s in sites if s.record.get("transform"))
+        return [f"{len(sites)} input groups: {wrapped} online transforms, {len(sites) - wrapped} folded offline"]
+
+    def rewrite_group(self, ctx: PassContext, config, group: InputGroup, stats: GroupStats, index: int) -> dict:
+        """Build the group's transform, fold T⁻ᵀ into its readers and wrap them; returns the replay record."""
+        transform, spec = self.make_transform(ctx, config, group, stats, index)
+        device = linear_view(ctx.model.get_submodule(group.readers[0])).weight().device
+        transform.to(device)
+        fold_into_readers(ctx.model, group.readers, transform)
+        wrap_readers(ctx.model, group.readers, transform)
+        self.applied = transform
+        return {"readers": list(group.readers), "transform": spec}
+
+    def make_transform(self, ctx, config, group: InputGroup, stats: GroupStats, index: int):
+        """(transform with its fixed part set, JSON-able constructor spec) for one group."""
+        raise NotImplementedError
+
+    def replay(self, model: nn.Module, config, record: dict) -> None:
+        spec = record.get("transform")
+        for r in record.get("new_biases", []):
+            view = linear_view(model.get_submodule(r))
+            view.set_bias(torch.zeros(view.out_features, device=view.weight().device))
+        if spec is None:
+            return  # folded offline: nothing structural beyond new biases
+        for r in record["readers"]:
+            untie(model, r)
+        kwargs = {k: v for k, v in spec.items() if k != "cls"}
+        transform = TRANSFORMS[spec["cls"]](**kwargs)
+        device = next(model.get_submodule(record["readers"][0]).parameters()).device
+        wrap_readers(model, tuple(record["readers"]), transform.to(device))
+
+
+@torch.no_grad()
+def fold_into_readers(model: nn.Module, readers: tuple[str, ...], transform: InputTransform) -> None:
+    """W ← W·T⁻ᵀ for every reader (computed in float64)."""
+    for r in readers:
+        view = linear_view(model.get_submodule(r))
+        w = view.weight().detach()
+        view.set_weight(transform.fold_fixed(w.double()).to(w.dtype))
+
+
+def wrap_readers(model: nn.Module, readers: tuple[str, ...], transform: InputTransform) -> None:
+    """Replace each reader by ``TransformedLinear(transform, reader)``, all sharing ``transform``."""
+    for i, r in enumerate(readers):
+        linear = model.get_submodule(r)
+        set_submodule(model, r, TransformedLinear(transform, linear, shared_from="" if i == 0 else readers[0]))

@@ -1,0 +1,311 @@
+"""Regions for equivalent transforms, found from the captured model without per-architecture tables.
+
+An *input group* is the set of Linear-like modules that read one activation (norm → q, k, v; norm →
+gate, up; v → o; act(gate)·up → down; anything → its lone reader). A transform T applied to that
+activation (x ↦ x·T) is undone in every reader's weight (W ↦ W·T⁻ᵀ), so a group shares one T.
+
+Each group also says who *produced* its activation, which decides whether a diagonal scale can be
+folded offline (zero runtime cost) or must run online:
+- ``norm``: the activation is a norm's output and only Linear-like modules read it (the foundation's
+  ``norm_sites`` check, which looks into attention leaves); a scale folds into the norm's weight/bias;
+- ``linear``: the activation is a Linear's output carried through ops that are linear per channel
+  (reshapes, attention's probability-weighted sum over V, the product with act(gate)); a scale folds
+  into that Linear's rows. ``channel_map[c]`` is the producer's output channel feeding input channel c
+  (GQA repeats a KV head for several query heads).
+- ``None``: anything else (a residual stream read by a post-norm block, an embedding): online only.
+
+How they are found: one eager run of the model with hooks records every Linear-like input and norm
+output; equal values mean one activation (so leaves that fx could not trace are seen too). For Linear
+producers, each Linear of a captured block scope is probed by multiplying its output channels by
+distinct signed factors s and watching the block's Linear inputs: a reader whose input changes exactly
+by s[map[c]] per channel is reached linearly, and the compensated run (readers' inputs divided back)
+must reproduce the block's output, which proves the fold. Signed factors reject ReLU-like ops, which
+commute only with positive scales. Identical blocks are probed once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from surgeon.capture import Capture, join
+from surgeon.patterns import linear_view, norm_sites
+from surgeon.patterns.structure import norm_info
+from surgeon.runner import call_kwargs
+
+FOLD_RTOL = 1e-5
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """Linear-like modules (full paths) reading one activation of ``width`` channels, and its producer."""
+
+    readers: tuple[str, ...]
+    width: int
+    producer: str | None = None
+    producer_kind: str | None = None  # "norm" | "linear" | None
+    channel_map: tuple[int, ...] | None = None  # linear producers: producer channel of each input channel
+    note: str = ""  # why the producer cannot take a fold (empty when it can, or there is none)
+
+    @property
+    def foldable(self) -> bool:
+        """Whether a per-channel scale can be folded into the producer offline."""
+        return self.producer_kind is not None
+
+    def describe(self) -> str:
+        """One line: the producer (or why there is none to fold into) → the readers."""
+        where = (f"{self.producer_kind} {self.producer}" if self.producer_kind else
+                 f"online ({self.note})" if self.note else "online")
+        return f"[{self.width}] {where} → {', '.join(self.readers)}"
+
+
+@dataclass
+class Regions:
+    """Every input group of a model, in model order, and the Linear producers probed per block."""
+
+    groups: list[InputGroup]
+    edges: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # producer → reader → map
+
+    def group_of(self, reader: str) -> InputGroup | None:
+        """The group that ``reader`` belongs to."""
+        return next((g for g in self.groups if reader in g.readers), None)
+
+    def by_scope(self) -> dict[str, list[InputGroup]]:
+        """Groups keyed by the parent module path of their first reader (for per-scope reports)."""
+        out: dict[str, list[InputGroup]] = {}
+        for g in self.groups:
+            out.setdefault(g.readers[0].rsplit(".", 1)[0] if "." in g.readers[0] else "", []).append(g)
+        return out
+
+
+def linear_paths(model: nn.Module) -> list[str]:
+    """Paths of every Linear-like leaf module with a 2-D weight, in model order."""
+    out = []
+    for path, module in model.named_modules():
+        if path and next(module.children(), None) is None and linear_view(module) is not None:
+            out.append(path)
+    return out
+
+
+def _record_inputs(model: nn.Module, run, paths: list[str], outputs: list[str] = ()) -> tuple[dict, dict]:
+    """Run ``run()`` once; the first input of each module in ``paths`` and output of each in ``outputs``."""
+    inputs, outs, handles = {}, {}, []
+
+    def pre(path):
+        def hook(module, args):
+            if path not in inputs and args and torch.is_tensor(args[0]):
+                inputs[path] = args[0].detach().clone()
+        return hook
+
+    def post(path):
+        def hook(module, args, out):
+            if path not in outs and torch.is_tensor(out):
+                outs[path] = out.detach().clone()
+        return hook
+
+    try:
+        for p in paths:
+            handles.append(model.get_submodule(p).register_forward_pre_hook(pre(p)))
+        for p in outputs:
+            handles.append(model.get_submodule(p).register_forward_hook(post(p)))
+        with torch.no_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs, outs
+
+
+def _rows(x: torch.Tensor) -> torch.Tensor:
+    return x.reshape(-1, x.shape[-1])
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape[-1] == b.shape[-1] and a.numel() == b.numel() and torch.equal(_rows(a), _rows(b))
+
+
+def _groups_by_value(inputs: dict[str, torch.Tensor], order: list[str]) -> list[list[str]]:
+    """Readers bucketed by equal input values (cheap key first, then an exact comparison)."""
+    buckets: dict[tuple, list[list[str]]] = {}
+    for path in order:
+        if path not in inputs:
+            continue
+        x = inputs[path]
+        key = (x.shape[-1], x.numel(), float(x.double().sum()))
+        for group in buckets.setdefault(key, []):
+            if _same(inputs[group[0]], x):
+                group.append(path)
+                break
+        else:
+            buckets[key].append([path])
+    groups = [g for gs in buckets.values() for g in gs]
+    return sorted(groups, key=lambda g: order.index(g[0]))
+
+
+def find_regions(model: nn.Module, cap: Capture, *, probe_producers: bool = True) -> Regions:
+    """Every input group of ``model`` with its producer (see the module docstring)."""
+    order = linear_paths(model)
+    norms = [p for p, m in model.named_modules() if p and norm_info(m) is not None]
+    inputs, norm_out = _record_inputs(model, _runner(model, cap.inputs), order, norms)
+    foldable_norms = {s.path: set(s.readers) for s in norm_sites(cap)[0]}
+    edges = _linear_edges(model, cap, order) if probe_producers else {}
+    groups = []
+    for readers in _groups_by_value(inputs, order):
+        width = inputs[readers[0]].shape[-1]
+        groups.append(_classify(tuple(readers), width, inputs, norm_out, foldable_norms, edges))
+    return Regions(groups, edges)
+
+
+def _runner(model: nn.Module, batch):
+    if torch.is_tensor(batch):
+        return lambda: model(batch)
+    kwargs = call_kwargs(model, batch)
+    return lambda: model(**kwargs)
+
+
+def _classify(readers, width, inputs, norm_out, foldable_norms, edges) -> InputGroup:
+    x = inputs[readers[0]]
+    for norm, out in norm_out.items():
+        if out.shape[-1] == width and _same(out, x):
+            if norm in foldable_norms and set(readers) == foldable_norms[norm]:
+                return InputGroup(readers, width, norm, "norm")
+            return InputGroup(readers, width, note=f"{norm}'s output is also read by other ops")
+    for producer, targets in edges.items():
+        if all(r in targets for r in readers):
+            maps = {targets[r] for r in readers}
+            if len(maps) == 1:
+                return InputGroup(readers, width, producer, "linear", channel_map=maps.pop())
+    return InputGroup(readers, width)
+
+
+# ------------------------------------------------------------------------------ linear producer probes
+
+
+def block_of(path: str, cap: Capture) -> str | None:
+    """The innermost captured scope instance (with a recorded call) that strictly contains ``path``."""
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        candidate = ".".join(parts[:i])
+        scope = cap.scope_at(candidate)
+        if scope is not None and candidate in cap.calls and scope.kind != "model":
+            return candidate
+    return None
+
+
+def _block_root(path: str, cap: Capture) -> str | None:
+    """The outermost non-model scope instance containing ``path`` (a decoder/encoder block)."""
+    parts = path.split(".")
+    for i in range(1, len(parts)):
+        candidate = ".".join(parts[:i])
+        scope = cap.scope_at(candidate)
+        if scope is not None and candidate in cap.calls and scope.kind != "model":
+            return candidate
+    return None
+
+
+def _linear_edges(model: nn.Module, cap: Capture, order: list[str]) -> dict[str, dict[str, tuple[int, ...]]]:
+    """producer → {reader: channel map} for Linear outputs that reach readers linearly, per block."""
+    blocks: dict[str, list[str]] = {}
+    for path in order:
+        root = _block_root(path, cap)
+        if root is not None:
+            blocks.setdefault(root, []).append(path)
+    edges: dict[str, dict[str, tuple[int, ...]]] = {}
+    probed: dict[str, dict[str, dict[str, tuple[int, ...]]]] = {}  # first instance → relative edges
+    for root, members in blocks.items():
+        scope = cap.scope_at(root)
+        first = scope.instances[0]
+        if first not in probed:
+            if first not in blocks:
+                continue
+            probed[first] = _probe_block(model, cap, first, blocks[first])
+        for producer, targets in probed[first].items():
+            edges[join(root, producer)] = {join(root, r): m for r, m in targets.items()}
+    return edges
+
+
+def _probe_block(model, cap, root: str, members: list[str]) -> dict[str, dict[str, tuple[int, ...]]]:
+    block = model.get_submodule(root)
+    call = cap.calls[root]
+    rel = [m[len(root) + 1:] for m in members]
+
+    def run(hooks=()):
+        handles = [block.get_submodule(p).register_forward_hook(h) if kind == "out" else
+                   block.get_submodule(p).register_forward_pre_hook(h) for kind, p, h in hooks]
+        try:
+            with torch.no_grad():
+                return block(*call.args, **call.kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+
+    base_inputs, _ = _record_inputs(block, lambda: run(), rel)
+    base_out = _first_tensor(run())
+    found: dict[str, dict[str, tuple[int, ...]]] = {}
+    for producer in rel:
+        out_features = linear_view(block.get_submodule(producer)).out_features
+        s = _signed_factors(out_features, base_out.dtype, base_out.device)
+        scaled_inputs, _ = _record_inputs(block, lambda: run([("out", producer, _scale_output(s))]), rel)
+        targets = {}
+        for reader in rel:
+            if reader == producer or reader not in scaled_inputs or reader not in base_inputs:
+                continue
+            cmap = _channel_map(base_inputs[reader], scaled_inputs[reader], s)
+            if cmap is not None:
+                targets[reader] = cmap
+        if targets and _fold_holds(run, base_out, producer, s, targets):
+            found[producer] = targets
+    return found
+
+
+def _first_tensor(out):
+    return next(t for t in pytree.tree_leaves(out) if torch.is_tensor(t))
+
+
+def _signed_factors(n: int, dtype, device) -> torch.Tensor:
+    """Distinct factors with random signs in ±[0.5, 2): each channel is identifiable by its factor."""
+    gen = torch.Generator().manual_seed(n)
+    mags = 0.5 + 1.5 * (torch.randperm(n, generator=gen).double() + 0.5) / n
+    signs = torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0).double()
+    return (mags * signs).to(dtype=dtype, device=device)
+
+
+def _scale_output(s):
+    def hook(module, args, out):
+        return out * s
+    return hook
+
+
+def _divide_input(factors):
+    def hook(module, args):
+        return (args[0] / factors, *args[1:])
+    return hook
+
+
+def _channel_map(before: torch.Tensor, after: torch.Tensor, s: torch.Tensor) -> tuple[int, ...] | None:
+    """The producer channel behind each reader input channel when ``after`` = ``before`` · s[map] exactly."""
+    b, a = _rows(before).double(), _rows(after).double()
+    if b.shape != a.shape or torch.equal(a, b):
+        return None
+    live = b.abs() > 1e-6 * b.abs().max().clamp_min(1e-30)
+    ratio = torch.where(live, a / torch.where(live, b, torch.ones_like(b)), torch.nan)
+    per_channel = torch.nanmedian(ratio, dim=0).values
+    if torch.isnan(per_channel).any():
+        return None
+    cmap = (per_channel[:, None] - s.double()[None, :]).abs().argmin(1)
+    expected = b * s.double()[cmap]
+    if not torch.allclose(a, expected, rtol=1e-4, atol=1e-6 * float(b.abs().max())):
+        return None
+    return tuple(int(i) for i in cmap)
+
+
+def _fold_holds(run, base_out: torch.Tensor, producer: str, s: torch.Tensor, targets: dict) -> bool:
+    """The producer's output scaled by s and each reader's input divided back leaves the block output."""
+    hooks = [("out", producer, _scale_output(s))]
+    hooks += [("in", r, _divide_input(s[list(m)])) for r, m in targets.items()]
+    out = _first_tensor(run(hooks))
+    err = (out.double() - base_out.double()).norm() / base_out.double().norm().clamp_min(1e-30)
+    return float(err) <= FOLD_RTOL

@@ -1,0 +1,129 @@
+"""``smooth``: SmoothQuant / OmniQuant-LET per-channel scales on each Linear input group.
+
+s_j = max|X_j|^α / max|W_j|^(1−α) per input channel j (X: the group's input on the calibration batches,
+W: every reader's column j; clamped at 1e-5), so the activation becomes X/s and the readers W·diag(s).
+Placement (``placement``):
+- ``fold``: only groups whose producer takes the scale offline: a norm (its gain and bias ÷ s) or a
+  Linear reached per channel (its rows ÷ s, e.g. v → o and up → down, GQA-aware through the probed
+  channel map); zero runtime cost, as SmoothQuant and OmniQuant do it;
+- ``online``: every group, as an online division before the readers (post-norm models such as BERT,
+  whose norms also feed the residual stream, can only be smoothed this way);
+- ``auto`` (default): fold where possible, online elsewhere.
+``learnable: true`` makes the scales online deltas that ``calibrate_quant`` trains (LET); after calibration
+they are folded into the fixed scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from surgeon.errors import RecipeError, SurgeonError
+from surgeon.passes.equiv.common import EquivPass, GroupStats, fold_into_readers, reader_weights
+from surgeon.passes.equiv.layers import ScaleTransform, TransformedLinear
+from surgeon.passes.equiv.regions import InputGroup
+from surgeon.patterns import linear_view
+from surgeon.patterns.structure import forget, norm_info
+from surgeon.pipeline.config import PassConfig
+from surgeon.pipeline.registry import register_pass
+
+SCALE_MIN = 1e-5
+
+
+@dataclass(frozen=True, kw_only=True)
+class Smooth(PassConfig):
+    """Options of ``smooth``: migration strength ``alpha``, ``placement``, ``learnable`` (LET), ``exclude``."""
+
+    pass_name = "smooth"
+    alpha: float = 0.5
+    placement: Literal["auto", "fold", "online"] = "auto"
+    learnable: bool = False
+    exclude: tuple[str, ...] = ("embeddings", "head")
+
+    def check(self) -> None:
+        """``alpha`` in [0, 1]; learnable scales need an online placement."""
+        if not 0 <= self.alpha <= 1:
+            raise RecipeError(f"option `alpha` of pass `smooth` must be in [0, 1], got {self.alpha}", fix="Use 0.5")
+        if self.learnable and self.placement == "fold":
+            raise RecipeError("`learnable: true` trains online scales, but `placement` is 'fold'",
+                              fix="Use placement 'auto' or 'online' with learnable scales")
+
+
+def smoothing_scales(x_absmax: torch.Tensor, w_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's s = max|X|^α / max|W|^(1−α), per channel (float64, ≥ 1e-5)."""
+    s = x_absmax.clamp_min(SCALE_MIN).pow(alpha) / w_absmax.clamp_min(SCALE_MIN).pow(1 - alpha)
+    return s.clamp_min(SCALE_MIN)
+
+
+@register_pass(Smooth)
+class SmoothPass(EquivPass):
+    """Migrates activation outliers into the weights with per-channel scales (folded or online)."""
+
+    paper = "SmoothQuant (Xiao et al., ICML 2023); OmniQuant LET (Shao et al., ICLR 2024)"
+    summary = "Per-channel smoothing scales per Linear input group, folded into norms/Linears or online."
+
+    def eligible(self, model, config: Smooth, group: InputGroup) -> str | None:
+        if config.placement == "fold" and not group.foldable:
+            return f"no producer takes a fold ({group.note or 'not a norm or Linear output'}); use placement online"
+        return None
+
+    def rewrite_group(self, ctx, config: Smooth, group: InputGroup, stats: GroupStats, index: int) -> dict:
+        w = reader_weights(ctx.model, group.readers)
+        s = smoothing_scales(stats.absmax.to(w.device), w.abs().amax(0), config.alpha)
+        if group.foldable and not (config.learnable or config.placement == "online"):
+            if group.producer_kind == "linear":
+                s = _per_producer_channel(s, group.channel_map)
+            fold_scale_into_producer(ctx.model, group, s)
+            t = ScaleTransform(group.width)
+            t.scale.copy_(s if group.channel_map is None else s[list(group.channel_map)])
+            fold_into_readers(ctx.model, group.readers, t)
+            self.applied = t
+            return {"readers": list(group.readers), "transform": None, "producer": group.producer}
+        t = ScaleTransform(group.width, learnable=config.learnable)
+        t.scale.copy_(s.float())
+        return self._wrap(ctx, group, t, config)
+
+    def _wrap(self, ctx, group, t, config) -> dict:
+        from surgeon.passes.equiv.common import wrap_readers
+
+        t.to(linear_view(ctx.model.get_submodule(group.readers[0])).weight().device)
+        fold_into_readers(ctx.model, group.readers, t)
+        wrap_readers(ctx.model, group.readers, t)
+        self.applied = t
+        return {"readers": list(group.readers),
+                "transform": {"cls": "scale", "n": group.width, "learnable": config.learnable}}
+
+
+def _per_producer_channel(s: torch.Tensor, cmap: tuple[int, ...]) -> torch.Tensor:
+    """One scale per producer channel: the largest over the reader channels it feeds (GQA repeats)."""
+    out = torch.ones(max(cmap) + 1, dtype=s.dtype, device=s.device)  # channels no reader sees keep 1
+    index = torch.tensor(cmap, device=s.device)
+    out.scatter_reduce_(0, index, s, reduce="amax", include_self=False)
+    return out
+
+
+@torch.no_grad()
+def fold_scale_into_producer(model, group: InputGroup, s: torch.Tensor) -> None:
+    """Divide the producer's output channels by ``s``: a norm's gain and bias, or a Linear's rows and bias."""
+    module = model.get_submodule(group.producer)
+    if group.producer_kind == "linear":
+        if isinstance(module, TransformedLinear):  # an earlier group wrapped it: its rows are the inner's
+            module = module.linear
+        view = linear_view(module)
+        scale = torch.ones(view.out_features, dtype=torch.float64, device=s.device)
+        scale[: len(s)] = s
+        view.set_weight((view.weight().double() / scale[:, None]).to(view.weight().dtype))
+        if view.bias() is not None:
+            view.set_bias((view.bias().double() / scale).to(view.bias().dtype))
+        return
+    info = norm_info(module)
+    offset = info.gain - module.weight.detach().double()  # 0 for x·w, 1 for Gemma's x·(1 + w)
+    if (offset - offset.mean()).abs().max() > 1e-4:
+        raise SurgeonError(f"cannot tell how {group.producer}'s weight sets its gain",
+                           where=group.producer, fix="Use `placement: online` for this model")
+    module.weight.copy_((info.gain / s - offset).to(module.weight.dtype))
+    if getattr(module, "bias", None) is not None:
+        module.bias.copy_((info.bias / s).to(module.bias.dtype))
+    forget(module)

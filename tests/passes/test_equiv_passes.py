@@ -1,0 +1,182 @@
+"""Equivalent transforms: the fold algebra, learnable deltas, regions found from the graph, and exactness."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import surgeon
+from surgeon.capture import capture
+from surgeon.errors import SurgeonError
+from surgeon.passes import FakeQuant, Flat, Ost, Rotate, Smooth
+from surgeon.passes.equiv.layers import (DenseTransform, KroneckerTransform, ScaleTransform, TransformedLinear,
+                                          begin_training, settle)
+from surgeon.passes.equiv.regions import find_regions
+from surgeon.runner import output_tensors, run_model
+from surgeon.zoo import zoo_names
+
+
+def _randomise_delta(t, gen):
+    with torch.no_grad():
+        for p in t.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype) * 0.1)
+
+
+def _transform(kind: str, n1: int, n2: int, gen) -> nn.Module:
+    """A transform with a random invertible (not orthogonal) fixed part and learnable deltas."""
+    n = n1 * n2
+    if kind == "scale":
+        t = ScaleTransform(n, learnable=True)
+        t.scale.copy_(torch.rand(n, generator=gen) * 3 + 0.1)
+    elif kind == "dense":
+        t = DenseTransform(n, learn_scale=True, learn_rotation=True)
+        t.matrix.copy_(torch.randn(n, n, generator=gen) / n**0.5 + torch.eye(n))
+    else:
+        t = KroneckerTransform(n1, n2, learnable=True, learn_scale=True)
+        t.m1.copy_(torch.randn(n1, n1, generator=gen) / n1**0.5 + torch.eye(n1))
+        t.m2.copy_(torch.randn(n2, n2, generator=gen) / n2**0.5 + torch.eye(n2))
+        t.scale.copy_(torch.rand(n, generator=gen) + 0.5)
+    return t.double()
+
+
+@settings(max_examples=20, deadline=None)
+@given(kind=st.sampled_from(["scale", "dense", "kron"]), n1=st.integers(1, 5), n2=st.integers(2, 6),
+       out=st.integers(1, 7), seed=st.integers(0, 10_000))
+def test_fold_then_train_then_settle_keeps_the_function(kind, n1, n2, out, seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = n1 * n2
+    linear = nn.Linear(n, out).double()
+    x = torch.randn(9, n, generator=gen, dtype=torch.float64)
+    want = linear(x)
+    t = _transform(kind, n1, n2, gen)
+    folded = copy.deepcopy(linear)
+    with torch.no_grad():
+        folded.weight.copy_(t.fold_fixed(linear.weight.detach()))  # W·T⁻ᵀ of the fixed part
+    wrapped = TransformedLinear(t, folded)
+    torch.testing.assert_close(wrapped(x), want, rtol=1e-9, atol=1e-9)
+    begin_training(wrapped)  # readers follow the delta: still exact at any delta value
+    wrapped(x).pow(2).sum().backward()  # at zero the delta is the identity, yet gradients must reach it
+    assert all(p.grad is not None for p in t.parameters())
+    t.zero_grad()
+    _randomise_delta(t, gen)
+    torch.testing.assert_close(wrapped(x), want, rtol=1e-8, atol=1e-8)
+    y = wrapped(x).sum()
+    y.backward()
+    assert all(p.grad is not None for p in t.parameters())
+    settle(wrapped)  # the delta moves into the fixed part and the weight; parameters reset to zero
+    assert all(not p.any() for p in t.parameters())
+    assert not torch.nn.utils.parametrize.is_parametrized(folded)
+    torch.testing.assert_close(wrapped(x), want, rtol=1e-8, atol=1e-8)
+
+
+def test_regions_of_a_gqa_llama_come_from_the_graph():
+    model = surgeon.load_model("tiny-mistral")
+    heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
+    assert kv < heads
+    regions = find_regions(model, capture(model))
+    described = {g.readers: g for g in regions.groups}
+    layer = "model.layers.0"
+    qkv = described[tuple(f"{layer}.self_attn.{n}_proj" for n in "qkv")]
+    assert qkv.producer == f"{layer}.input_layernorm" and qkv.producer_kind == "norm"
+    vo = described[(f"{layer}.self_attn.o_proj",)]
+    assert vo.producer == f"{layer}.self_attn.v_proj" and vo.producer_kind == "linear"
+    hd = model.config.hidden_size // heads
+    rep = heads // kv
+    expected = tuple((h // rep) * hd + d for h in range(heads) for d in range(hd))
+    assert vo.channel_map == expected  # o's input channel of head h reads KV head h // rep
+    down = described[(f"{layer}.mlp.down_proj",)]
+    assert down.producer == f"{layer}.mlp.up_proj"  # linear through act(gate) · up
+    assert described[("lm_head",)].producer == "model.norm"
+
+
+def test_relu_and_post_norm_groups_are_not_foldable():
+    opt = surgeon.load_model("tiny-opt")  # fc1 → ReLU → fc2: positive-homogeneous only, signed probe rejects
+    fc2 = find_regions(opt, capture(opt)).group_of("model.decoder.layers.0.fc2")
+    assert fc2.producer_kind is None
+    bert = surgeon.load_model("tiny-bert")  # post-norm: the norm also feeds the residual stream
+    q = find_regions(bert, capture(bert)).group_of("encoder.layer.1.attention.self.query")
+    assert q.producer_kind is None and "also read" in q.note
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_smooth_then_rotate_is_exact_on_every_zoo_model(name):
+    model = surgeon.load_model(name)
+    reference = copy.deepcopy(model)
+    batches = [surgeon.example_inputs(model, batch=2, seq=6, seed=s) for s in range(2)]
+    surgeon.apply(model, [Smooth(), Rotate()], calibration=batches)  # the manager certifies each step ≤ 1e-5
+    batch = surgeon.example_inputs(model, batch=3, seq=5, seed=9)
+    before, after = output_tensors(run_model(reference, batch)), output_tensors(run_model(model, batch))
+    for key, value in before.items():
+        err = (after[key] - value).norm() / value.norm()
+        assert err <= 1e-5, (key, float(err))
+    assert any(isinstance(m, TransformedLinear) for m in model.modules())
+
+
+@pytest.mark.parametrize("config", [Flat(), Ost()], ids=["flat", "ost"])
+def test_learnable_transforms_are_exact_on_a_zoo_model(config):
+    model = surgeon.load_model("tiny-gemma")
+    reference = copy.deepcopy(model)
+    surgeon.apply(model, [config])
+    batch = surgeon.example_inputs(model, batch=2, seq=7, seed=4)
+    a, b = run_model(reference, batch).logits, run_model(model, batch).logits
+    assert float((a - b).norm() / a.norm()) <= 1e-5
+
+
+def test_transforms_must_come_before_fake_quant():
+    model = surgeon.load_model("tiny-llama")
+    with pytest.raises(SurgeonError, match="before `fake_quant`"):
+        surgeon.apply(model, [FakeQuant(), Rotate()])
+
+
+def test_kv_quantizer_still_finds_wrapped_k_and_v():
+    model = surgeon.apply(surgeon.load_model("tiny-llama"), [Rotate(), FakeQuant(kv="int8-asym-token")])
+    k = model.get_submodule("model.layers.0.self_attn.k_proj")
+    assert isinstance(k, TransformedLinear) and k.linear.output_quant is not None
+    assert k.transform is model.get_submodule("model.layers.0.self_attn.q_proj").transform  # one per group
+
+
+def test_inspect_regions_and_stats_from_the_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from surgeon.cli.app import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["inspect", "tiny-qwen2", "--regions"])
+    assert result.exit_code == 0, result.output
+    assert "norm model.layers.0.input_layernorm → model.layers.0.self_attn.q_proj" in result.output
+    assert "foldable into their producer" in result.output
+    out = tmp_path / "stats.md"
+    result = runner.invoke(app, ["inspect", "tiny-bert", "--stats", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = out.read_text().splitlines()
+    assert table[0].startswith("| first reader") and len(table) == 2 + 9  # 9 groups in tiny-bert
+    assert "| encoder.layer.0.attention.output.dense | 64 | linear |" in out.read_text()
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma", "tiny-phi3"])
+def test_residual_rotation_finds_writers_and_stream_norms(name):
+    from surgeon.passes.equiv.residual import residual_plan
+    from surgeon.passes.norm.layers import WeightlessNorm
+
+    model = surgeon.load_model(name)
+    plan, why = residual_plan(model, capture(model))
+    assert plan is not None, why
+    leaves = {w.rsplit(".", 1)[-1] for w in plan.writers}
+    assert leaves == {"o_proj", "down_proj"} and len(plan.writers) == 2 * model.config.num_hidden_layers
+    assert len(plan.norms) == 2 * model.config.num_hidden_layers + 1  # two per block and the final norm
+    embedding = model.get_input_embeddings().weight.detach().clone()
+    surgeon.apply(model, [Rotate(placement="residual")])  # certified exact by the manager
+    assert not torch.allclose(model.get_input_embeddings().weight, embedding)
+    assert isinstance(model.get_submodule(plan.norms[0][0]), WeightlessNorm)
+
+
+def test_residual_rotation_refuses_layernorm_streams_with_the_reason():
+    from surgeon.errors import MatchError
+
+    with pytest.raises(MatchError, match="LayerNorm: mean-centring"):
+        surgeon.apply(surgeon.load_model("tiny-opt"), [Rotate(placement="residual")])
