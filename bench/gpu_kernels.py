@@ -1,6 +1,7 @@
 """GPU benchmark of surgeon's Triton kernels, side by side with torch.clone, eager and torch.compile.
 
     PYTHONPATH=. python bench/gpu_kernels.py [--shapes 8192x4096 8192x14336] [--out results.json]
+        [--only NAME ...] [--sweep]
 
 For each kernel and shape (bf16): median µs by ``triton.testing.do_bench``, logical GB/s (bytes the
 operation must read and write once), and the ratios to ``torch.clone`` of the largest operand, to the
@@ -17,8 +18,11 @@ import json
 import sys
 
 import torch
+import torch.nn.functional as F
 import triton
 
+from kernels.bspline_basis.reference import bspline_basis_reference
+from kernels.bspline_basis.triton_kernel import bspline_basis_backward, bspline_basis_forward
 from kernels.fake_quant.reference import fake_quant_dynamic_reference, fake_quant_reference
 from kernels.fake_quant.triton_kernel import fake_quant_dynamic_forward, fake_quant_forward
 from kernels.gated_act.reference import gated_act_reference
@@ -26,12 +30,16 @@ from kernels.gated_act.triton_kernel import gated_act_backward, gated_act_forwar
 from kernels.group_rational.reference import group_rational_reference
 from kernels.hadamard_quant.reference import hadamard_quant_reference
 from kernels.hadamard_quant.triton_kernel import hadamard_quant_forward
+from kernels.kron_quant.reference import kron_quant_reference
+from kernels.kron_quant.triton_kernel import kron_quant_forward
 from kernels.w4a16_linear.reference import w4a16_linear_reference
 from kernels.w4a16_linear.triton_kernel import w4a16_linear_forward
 from kernels.group_rational.triton_kernel import group_rational_backward, group_rational_forward
 
 GROUPS = 8
 SWEEP = False  # set by --sweep: also time kernel variants
+SPLINE_GRID, SPLINE_ORDER = 5, 3  # efficient-kan's defaults: G + k = 8 bases per channel
+KAN_LAYER_UP_TO = 4096  # the B-spline KANLinear case (one (in·8 → in) GEMM) only at widths up to this
 
 
 def bench(fn) -> float:
@@ -127,6 +135,147 @@ def gated_cases(x):
     yield "swiglu+mult fwd+bwd", 8 * size, triton_train, train(gated_act_reference), train(compiled), check
 
 
+def rational_gated_cases(x):
+    """Group-rational gate times up with a per-channel multiplier (KAT's rational in a GLU), fwd and fwd+bwd."""
+    up = torch.randn_like(x)
+    m = torch.rand(x.shape[1], device=x.device) + 0.5
+    a = torch.randn(6, device=x.device) * 0.3
+    b = torch.randn(GROUPS, 4, device=x.device) * 0.3
+    g = torch.randn_like(x)
+    compiled = torch.compile(gated_act_reference, dynamic=False)
+    size = x.numel() * x.element_size()
+
+    def train(fn):
+        def run():
+            gg, uu, mm, aa, bb = (t.detach().requires_grad_() for t in (x, up, m, a, b))
+            fn(gg, uu, mm, "rational", aa, bb).backward(g)
+        return run
+
+    def triton_train():
+        gated_act_forward(x, up, m, "rational", a, b)
+        gated_act_backward(g, x, up, m, "rational", a, b)
+
+    def check():
+        want = gated_act_reference(x, up, m, "rational", a, b).float()
+        got = gated_act_forward(x, up, m, "rational", a, b).float()
+        return float((got - want).norm() / want.norm())
+
+    if SWEEP:
+        times = {f"{bm}x{bn}": round(bench(lambda: gated_act_backward(g, x, up, m, "rational", a, b, block_m=bm,
+                                                                      block_n=bn)), 1)
+                 for bm in (4, 8, 16) for bn in (64, 128, 256)}
+        print(json.dumps({"rational-glu bwd tiles us": times, "shape": list(x.shape)}), file=sys.stderr, flush=True)
+    yield "rational-glu+mult fwd", 3 * size, lambda: gated_act_forward(x, up, m, "rational", a, b), \
+        lambda: gated_act_reference(x, up, m, "rational", a, b), \
+        lambda: compiled(x, up, m, "rational", a, b), check
+    yield "rational-glu+mult fwd+bwd", 8 * size, triton_train, train(gated_act_reference), train(compiled), check
+
+
+def _knots(width: int, device) -> torch.Tensor:
+    """Per-channel knot vectors (width, G+2k+1): a uniform grid on [-2, 2] stretched a little per channel."""
+    step = 4.0 / SPLINE_GRID
+    base = -2.0 + step * torch.arange(-SPLINE_ORDER, SPLINE_GRID + SPLINE_ORDER + 1, device=device)
+    return base[None, :] * (1.0 + 0.2 * torch.rand(width, 1, device=device))
+
+
+def bspline_cases(x):
+    """B-spline bases (G=5, k=3, per-channel knots): forward, forward+backward, and a KANLinear forward."""
+    rows, width = x.shape
+    knots = _knots(width, x.device)
+    nb = SPLINE_GRID + SPLINE_ORDER
+    g = torch.randn(rows, width, nb, device=x.device, dtype=x.dtype)
+    compiled = torch.compile(bspline_basis_reference, dynamic=False)
+    size = x.numel() * x.element_size()
+
+    def check():
+        want = bspline_basis_reference(x.float(), knots, SPLINE_ORDER)
+        got = bspline_basis_forward(x, knots, SPLINE_ORDER).float()
+        return float((got - want).norm() / want.norm())
+
+    def train(fn):
+        def run():
+            xx = x.detach().requires_grad_()
+            fn(xx, knots, SPLINE_ORDER).backward(g)
+        return run
+
+    def triton_train():
+        bspline_basis_forward(x, knots, SPLINE_ORDER)
+        bspline_basis_backward(g, x, knots, SPLINE_ORDER)
+
+    if SWEEP:
+        tiles = ((16, 32), (8, 64), (32, 32), (16, 64), (8, 32))
+        times = {f"{bm}x{bc}": [round(bench(lambda: bspline_basis_forward(x, knots, SPLINE_ORDER, block_m=bm,
+                                                                           block_c=bc)), 1),
+                                round(bench(lambda: bspline_basis_backward(g, x, knots, SPLINE_ORDER, block_m=bm,
+                                                                           block_c=bc)), 1)]
+                 for bm, bc in tiles}
+        print(json.dumps({"bspline tiles [fwd, bwd] us": times, "shape": list(x.shape)}), file=sys.stderr, flush=True)
+    # forward reads x and writes G+k bases per element; backward reads x and the bases' gradient, writes dx.
+    yield "bspline basis G5 k3 fwd", size * (1 + nb), lambda: bspline_basis_forward(x, knots, SPLINE_ORDER), \
+        lambda: bspline_basis_reference(x, knots, SPLINE_ORDER), lambda: compiled(x, knots, SPLINE_ORDER), check
+    yield "bspline basis G5 k3 fwd+bwd", size * (3 + 2 * nb), triton_train, train(bspline_basis_reference), \
+        train(compiled), check
+    if width > KAN_LAYER_UP_TO:
+        return
+    # efficient-kan's KANLinear width -> width in bf16: silu(x) @ base_w + bases @ spline_w (+ bias).
+    base_w = torch.randn(width, width, device=x.device, dtype=x.dtype) / width**0.5
+    spline_w = torch.randn(width, width * nb, device=x.device, dtype=x.dtype) / (width * nb) ** 0.5
+    bias = torch.zeros(width, device=x.device, dtype=x.dtype)
+
+    def layer_reference(v):
+        bases = bspline_basis_reference(v, knots, SPLINE_ORDER).flatten(-2)
+        return F.linear(F.silu(v), base_w, bias) + F.linear(bases, spline_w)
+
+    def layer_triton(v):
+        bases = bspline_basis_forward(v, knots, SPLINE_ORDER).flatten(-2)
+        return F.linear(F.silu(v), base_w, bias) + F.linear(bases, spline_w)
+
+    compiled_layer = torch.compile(layer_reference, dynamic=False)
+
+    def check_layer():
+        want = layer_reference(x).float()
+        return float((layer_triton(x).float() - want).norm() / want.norm())
+
+    yield f"bspline KANLinear {width}->{width} fwd", size * 2 + spline_w.numel() * 2 + base_w.numel() * 2, \
+        lambda: layer_triton(x), lambda: layer_reference(x), lambda: compiled_layer(x), check_layer
+
+
+def kron_factors(n: int) -> tuple[int, int]:
+    """(n1, n2) with n1·n2 = n, n1 ≤ n2 and n1 the largest divisor up to √n (FlatQuant's get_decompose_dim)."""
+    n1 = max(d for d in range(1, int(n**0.5) + 1) if n % d == 0)
+    return n1, n // n1
+
+
+def kron_cases(x):
+    """FlatQuant's Kronecker transform (n1 × n2 ≈ √n × √n) + per-token int4 (clip 0.9) and int8 fake quant."""
+    rows, width = x.shape
+    n1, n2 = kron_factors(width)
+    p1 = torch.linalg.qr(torch.randn(n1, n1, device=x.device))[0] * (1 + 0.1 * torch.rand(n1, device=x.device))
+    p2 = torch.linalg.qr(torch.randn(n2, n2, device=x.device))[0]
+    compiled = torch.compile(kron_quant_reference, dynamic=False)
+    nbytes = 2 * x.numel() * x.element_size()
+
+    def check(bits, sym, clip):
+        def run():
+            want = kron_quant_reference(x, p1, p2, bits, sym, clip).float()
+            got = kron_quant_forward(x, p1, p2, bits, sym, clip).float()
+            return float((got - want).norm() / want.norm())
+        return run
+
+    if SWEEP:
+        variants = {f"{prec} t{t}": dict(precision=prec, tokens=t) for prec in ("tf32x3", "tf32", "ieee")
+                    for t in (4, 16, 64)}
+        times = {k: round(bench(lambda: kron_quant_forward(x, p1, p2, 4, True, 0.9, **v)), 1)
+                 for k, v in variants.items()}
+        print(json.dumps({"kron variants": times, "shape": list(x.shape), "n1xn2": [n1, n2]}), file=sys.stderr,
+              flush=True)
+    for bits, sym, clip, label in ((4, True, 0.9, "int4 sym clip0.9"), (8, False, 1.0, "int8 asym")):
+        yield f"kron {n1}x{n2} + {label} fwd", nbytes, \
+            lambda b=bits, s=sym, c=clip: kron_quant_forward(x, p1, p2, b, s, c), \
+            lambda b=bits, s=sym, c=clip: kron_quant_reference(x, p1, p2, b, s, c), \
+            lambda b=bits, s=sym, c=clip: compiled(x, p1, p2, b, s, c), check(bits, sym, clip)
+
+
 def hadamard_cases(x):
     """Block-Hadamard(128) rotation + int8 per-token quantisation (codes + scales)."""
     compiled = torch.compile(hadamard_quant_reference, dynamic=False)
@@ -215,7 +364,8 @@ def main() -> None:
         clone_us = bench(lambda: x.clone())
         if args.sweep and not args.only:
             results["sweep"][shape] = sweep_rational_blocks(x)
-        for cases in (rational_cases(x), quant_cases(x), gated_cases(x), hadamard_cases(x)):
+        for cases in (rational_cases(x), quant_cases(x), gated_cases(x), rational_gated_cases(x), hadamard_cases(x),
+                      bspline_cases(x), kron_cases(x)):
             for name, nbytes, fast, eager, compiled, check in cases:
                 if args.only and not any(o in name for o in args.only):
                     continue

@@ -6,7 +6,7 @@ per-channel weights and int4 symmetric per-token activations on every encoder Li
 MiniLM is post-norm, so every transform is placed at the Linear inputs (online; the inverse folded into
 the weights); 384 = 12·32 and 1536 = 12·128 take the order-12 Hadamard factor.
 
-    python examples/equiv_minilm.py [--epochs 5] [--only rotate] [--transform-lr 5e-3]
+    python examples/equiv_minilm.py [--epochs 5] [--only rotate] [--transform-lr 2e-2]
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def settings(epochs: int, transform_lr: float):
         ("rotate (Hadamard) + RTN", [Rotate(), RTN]),
         ("LWC+LAC calibrated (no transform)", [LEARN, cal]),
         ("rotate + LWC+LAC calibrated", [Rotate(), LEARN, cal]),
+        ("rotate learnable (Cayley) + LWC+LAC calibrated", [Rotate(learnable=True), LEARN, cal]),
         ("flat + LWC+LAC calibrated", [Flat(), LEARN, cal]),
         ("ost + LWC+LAC calibrated", [Ost(), LEARN, cal]),
     ]
@@ -45,7 +46,7 @@ def settings(epochs: int, transform_lr: float):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--transform-lr", type=float, default=5e-3)
+    p.add_argument("--transform-lr", type=float, default=2e-2)
     p.add_argument("--only", default=None, help="run only rows whose name starts with this")
     args = p.parse_args()
     base = surgeon.load_model("minilm")

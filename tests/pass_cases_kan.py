@@ -1,6 +1,8 @@
-"""Matrix rows of the KAN family (``kan``, ``kan_refine``): each basis and structure, both forms, every init."""
+"""Matrix rows of the KAN family (``kan``, ``kan_refine``, ``karat``): each basis and structure, both forms,
+every init, and Fourier-KArAt on fixed-length attention."""
 
-from surgeon.passes import KAN, KANRefine
+import surgeon
+from surgeon.passes import KAN, KArAt, KANRefine
 
 from pass_cases import PassCase
 
@@ -27,4 +29,13 @@ CASES = [
     PassCase("kan-refine-grid-gpt2", "tiny-gpt2",
              (KAN(structure="kan", basis="bspline", form="pure"), KANRefine(grid=10))),
     PassCase("kan-refine-reps-llama", "tiny-llama", (KAN(basis="daruan", form="pure", reps=1), KANRefine(reps=2))),
+    PassCase("kan-kat-rational-pure-norm-group-numerators-bert", "tiny-bert",
+             (KAN(form="pure", fit_weighting="norm", numerators="group"),)),
+    PassCase("kan-hqkan-daruan-residual-bert", "tiny-bert",
+             (KAN(structure="hqkan", basis="daruan", form="residual", reps=1),)),
+    PassCase("karat-blockwise-fit-vit", "tiny-vit", (KArAt(),)),
+    PassCase("karat-universal-scratch-vit", "tiny-vit", (KArAt(sharing="universal", init="scratch", rank=4, grid=1),)),
+    # The matrix evaluates on 5-token batches, so BERT gets calibration batches of that fixed length.
+    PassCase("karat-blockwise-bert-seq5", "tiny-bert", (KArAt(seq_len=5, rank=4),),
+             calibration=lambda m: [surgeon.example_inputs(m, batch=3, seq=5, seed=s) for s in (1, 2)]),
 ]

@@ -4,7 +4,9 @@ x has shape (N, D); the last dimension is split into groups of ``group_size`` ch
 = D`` is per row: per output channel for weights, per token for activations). With one scale s and
 zero point z per (row, group):
 
-    q = clamp(round(x / s) + z, qmin, qmax),   y = (q − z) · s.
+    q = clamp(round(x · (1/s)) + z, qmin, qmax),   y = (q − z) · s
+
+(x/s is taken as x times the float32 reciprocal of s, as ``torch.fake_quantize_per_*_affine`` does).
 
 Gradients (straight-through estimator with clipping, as LSQ uses): ∂y/∂x = 1 inside the range, 0
 outside; LSQ's step gradient ∂y/∂s = round(v) − v inside the range (v = x/s), qmin − z or qmax − z at
@@ -30,7 +32,7 @@ def fake_quant_reference(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tenso
     xg = _grouped(x.float(), group_size)
     s = scale.float().unsqueeze(-1)
     z = zero.float().unsqueeze(-1)
-    q = torch.clamp(torch.round(xg / s) + z, qmin, qmax)
+    q = torch.clamp(torch.round(xg * (1.0 / s)) + z, qmin, qmax)
     return ((q - z) * s).reshape(x.shape).to(x.dtype)
 
 
@@ -41,7 +43,7 @@ def fake_quant_grads_reference(grad: torch.Tensor, x: torch.Tensor, scale: torch
     gg = _grouped(grad.float(), group_size)
     s = scale.float().unsqueeze(-1)
     z = zero.float().unsqueeze(-1)
-    v = xg / s
+    v = xg * (1.0 / s)
     level = torch.round(v) + z
     inside = (level >= qmin) & (level <= qmax)
     dx = torch.where(inside, gg, torch.zeros_like(gg)).reshape(x.shape).to(x.dtype)
@@ -55,5 +57,5 @@ def fake_quant_dynamic_reference(x: torch.Tensor, group_size: int, bits: int) ->
     qmax = 2 ** (bits - 1) - 1
     xg = _grouped(x.float(), group_size)
     s = xg.abs().amax(-1, keepdim=True).clamp_min(1e-8) / qmax
-    q = torch.clamp(torch.round(xg / s), -qmax - 1, qmax)
+    q = torch.clamp(torch.round(xg * (1.0 / s)), -qmax - 1, qmax)
     return (q * s).reshape(x.shape).to(x.dtype)

@@ -3,9 +3,11 @@
 One program handles BLOCK_M rows × one group (GROUP channels, a power of two ≥ the group size), so
 scales are per program and dynamic scales are a row-wise max inside registers. Float32 arithmetic after
 each load. Rounding is half to even, like ``torch.round`` (written out with ``floor``, which the CPU
-interpreter supports, unlike ``libdevice.rint``). Division is IEEE round-to-nearest (``div_rn``): the GPU's
-default fast division is off by an ulp now and then, which flips values sitting on a rounding boundary
-onto another grid point.
+interpreter supports, unlike ``libdevice.rint``). x/s is computed as x·(1/s), with the reciprocal by IEEE
+division (``div_rn``) once per scale: that is what ``torch.fake_quantize_per_*_affine`` and the layers in
+``passes/quant`` compute, so lowered layers match them bit for bit, and a multiply per element is cheaper
+than a division (the GPU's default fast division is also off by an ulp now and then). The product is
+rounded before rounding to the grid (``mul_rn``): a fused multiply-add would skip that rounding.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..rounding import round_half_even
+from ..rounding import mul_rn, round_half_even
 
 BLOCK_M = 16
 
@@ -32,7 +34,7 @@ def _static_forward(x_ptr, y_ptr, s_ptr, z_ptr, n_rows, width, group_size, n_gro
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + rows * n_groups + grp, mask=row_ok, other=1.0).to(tl.float32)[:, None]
     z = tl.load(z_ptr + rows * n_groups + grp, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    q = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, s)) + z, qmin), qmax)
+    q = tl.minimum(tl.maximum(round_half_even(mul_rn(x, tl.div_rn(1.0, s))) + z, qmin), qmax)
     tl.store(y_ptr + offs, ((q - z) * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -50,7 +52,7 @@ def _static_backward(g_ptr, x_ptr, dx_ptr, ds_ptr, s_ptr, z_ptr, n_rows, width, 
     g = tl.load(g_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.load(s_ptr + rows * n_groups + grp, mask=row_ok, other=1.0).to(tl.float32)[:, None]
     z = tl.load(z_ptr + rows * n_groups + grp, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-    v = tl.div_rn(x, s)
+    v = mul_rn(x, tl.div_rn(1.0, s))
     r = round_half_even(v)
     level = r + z
     inside = (level >= qmin) & (level <= qmax)
@@ -71,7 +73,7 @@ def _dynamic_forward(x_ptr, y_ptr, n_rows, width, group_size, qmax,
     offs = rows[:, None] * width + grp * group_size + cols[None, :]
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     s = tl.maximum(tl.max(tl.abs(x), 1), 1e-8)[:, None] / qmax
-    q = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
+    q = tl.minimum(tl.maximum(round_half_even(mul_rn(x, tl.div_rn(1.0, s))), -qmax - 1.0), qmax)
     tl.store(y_ptr + offs, (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -96,7 +98,7 @@ def _dynamic_forward_looped(x_ptr, y_ptr, n_rows, width, group_size, qmax,
         cols = start + tl.arange(0, CHUNK)
         mask = row_ok[:, None] & (cols[None, :] < group_size)
         x = tl.load(x_ptr + base + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        q = tl.minimum(tl.maximum(round_half_even(tl.div_rn(x, s)), -qmax - 1.0), qmax)
+        q = tl.minimum(tl.maximum(round_half_even(mul_rn(x, tl.div_rn(1.0, s))), -qmax - 1.0), qmax)
         tl.store(y_ptr + base + cols[None, :], (q * s).to(y_ptr.dtype.element_ty), mask=mask)
 
 

@@ -59,15 +59,17 @@ def adaptive_knots(samples: torch.Tensor, grid_size: int, order: int, grid_eps: 
 
 
 def rational(x: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
-             degrees: tuple[int, int] = (5, 4)) -> torch.Tensor:
-    """``P(x) / Q(x)`` for x (..., g, w) with numerator (m+1,) shared and denominator (g, n) per group.
+             degrees: tuple[int, int] = (5, 4), per_group: bool = False) -> torch.Tensor:
+    """``P(x) / Q(x)`` for x (..., g, w) with numerator (m+1,) shared (or (g, m+1) with ``per_group``) and
+    denominator (g, n) per group.
 
-    ``degrees`` (m, n) are plain ints so that the loops stay Python loops under fx tracing.
+    ``degrees`` (m, n) and ``per_group`` are plain Python values so the loops stay Python loops under fx tracing.
     """
     m, n = degrees
-    p = numerator[m].expand_as(x)
+    a = numerator.unsqueeze(-2) if per_group else numerator                         # (g, 1, m+1) | (m+1,)
+    p = a[..., m].expand_as(x)
     for i in range(m - 1, -1, -1):  # Horner: a_m, ..., a_0
-        p = p * x + numerator[i]
+        p = p * x + a[..., i]
     ax = x.abs()
     b = denominator.abs()[:, None, :]  # (g, 1, n)
     q = torch.zeros_like(x)

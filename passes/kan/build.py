@@ -10,7 +10,9 @@ Structures (see docs/passes/kan.md):
   original weights, and the activation becomes F2 (KAT's x → F1 → fc1 → F2 → fc2).
 * ``hqkan``: Linear(d, k) → KAN layer (k, k) → Linear(k, d), k = ceil(log2 d) (QKAN's HQKAN with the
   ``daruan`` basis). Gated MLPs keep the GLU product: gate and up become Linear(d, k), the activation becomes
-  the KAN layer on the gate branch, the down projection Linear(k, d).
+  the KAN layer on the gate branch, the down projection Linear(k, d). Residual form: the MLP is kept and its
+  down projection becomes ``HQKANResidual`` (down(h) + Linear(k, d)(KAN(Linear(d_ff, k)(h))), output
+  projection zero at init: exact).
 * ``kan``: each projection becomes a KAN layer of the same in/out. In plain and split MLPs the activation is
   absorbed by the second layer's edge functions (pure form) and replaced by ``nn.Identity``; in gated MLPs
   the GLU product (and its activation) stays between the layers, since a sum of univariate edges cannot form
@@ -26,8 +28,8 @@ import torch
 from torch import nn
 
 from surgeon.passes.kan.extra_layers import BasisKANLinear, GroupBasis, GroupDaruan, QKANLinear, Selectable
-from surgeon.passes.kan.layers import (BSplineKANLinear, GroupBSpline, GroupRational, PreActivated,
-                                       RationalKANLinear)
+from surgeon.passes.kan.layers import (BSplineKANLinear, GroupBSpline, GroupRational, HQKANResidual,
+                                       PreActivated, RationalKANLinear)
 from surgeon.rewrite import set_submodule
 
 MARK = "kan"
@@ -46,7 +48,7 @@ def activation(record: dict[str, Any], width: int, base: nn.Module | None, basis
     basis = basis or record["basis"]
     groups, o = record["groups"], _opts(record)
     if basis == "rational":
-        return GroupRational(width, groups, base)
+        return GroupRational(width, groups, base, record.get("numerators", "shared") == "group")
     if basis == "bspline":
         return GroupBSpline(width, groups, record["grid"], record["order"], base)
     if basis in ("fourier", "trukan"):
@@ -64,7 +66,8 @@ def kan_layer(record: dict[str, Any], in_features: int, out_features: int, basis
     residual = record["form"] == "residual" if residual is None else residual
     o = _opts(record)
     if basis == "rational":
-        return RationalKANLinear(in_features, out_features, record["groups"], residual)
+        return RationalKANLinear(in_features, out_features, record["groups"], residual,
+                                 record.get("numerators", "shared") == "group")
     if basis == "bspline":
         return BSplineKANLinear(in_features, out_features, record["grid"], record["order"], residual)
     if basis in ("fourier", "trukan"):
@@ -96,6 +99,10 @@ def build(model: nn.Module, record: dict[str, Any]) -> None:
     residual = record["form"] == "residual"
     if record["structure"] == "hqkan":
         k = hqkan_width(d)
+        if residual:
+            core = kan_layer(record, k, k, residual=False)
+            _put(model, record["down"], HQKANResidual(get(record["down"]), core, d_ff, k, d).to(**place))
+            return
         for path in inputs_of(record):
             _put(model, path, nn.Linear(d, k).to(**place))
         _put(model, record["act"], kan_layer(record, k, k).to(**place))

@@ -8,6 +8,7 @@ GELU fit on [−3, 3] fails on MiniLM, whose pre-activations reach −17 and +25
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from typing import Callable
 
 import torch
@@ -34,13 +35,35 @@ def lbfgs_minimise(params: list[torch.Tensor], loss_fn, iters: int) -> None:
     with torch.enable_grad():
         opt.step(closure)
 
-def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300,
-                 weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fit KAT's group rational to ``target`` on samples (groups, N): shared numerator (6,), denominators (g, 4).
+@contextmanager
+def one_thread():
+    """Run the block on one intra-op thread, then restore the count. Why: the rational objective has several
+    basins and L-BFGS picks one by rounding-level differences; multi-threaded reductions (whose split can vary
+    with load) made the same fit land in different basins from run to run (measured: weighted error 41.7 or 6.0)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300, weights: torch.Tensor | None = None,
+                 per_group: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """See :func:`_rational_fit`; run on one thread (see :func:`one_thread`)."""
+    with one_thread():
+        return _rational_fit(samples, target, iters=iters, weights=weights, per_group=per_group)
+
+
+def _rational_fit(samples: torch.Tensor, target: Fn, *, iters: int, weights: torch.Tensor | None,
+                  per_group: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fit KAT's group rational to ``target`` on samples (groups, N): numerator (6,) shared (or (groups, 6) with
+    ``per_group``), denominators (groups, 4).
 
     Least squares in a scaled variable t = x / s (s = max |x|), so powers up to 5 stay well conditioned:
-    first the linearised problem P(t) − f·(Q(t) − 1) = f on all samples, then L-BFGS on the true objective
-    Σ_g mean_x (P/Q_g − f)² over the shared numerator and every group's denominator. ``weights`` (groups, N),
+    first the linearised problem P(t) − f·(Q(t) − 1) = f over all samples, then L-BFGS on the true objective
+    Σ_g mean_x (P/Q_g − f)² over the numerator and every denominator (with ``per_group``, then again with the
+    numerator copied to every group and freed). ``weights`` (groups, N),
     if given, weight each sample's squared error (e.g. by its channel's down-projection column norm²).
     """
     x = samples.double()
@@ -51,18 +74,23 @@ def rational_fit(samples: torch.Tensor, target: Fn, *, iters: int = 300,
     at = torch.stack([t.abs() ** j for j in range(1, DEN_DEGREE + 1)], -1)        # (g, N, 4)
     w = torch.ones_like(x) if weights is None else weights.double() / weights.double().mean()
     root = w.sqrt()[..., None]
-    design = (root * torch.cat([tp, -f[..., None] * at], -1)).reshape(-1, NUM_DEGREE + 1 + DEN_DEGREE)
-    sol = torch.linalg.lstsq(design, (root[..., 0] * f).reshape(-1, 1)).solution.squeeze(1)
+    design = root * torch.cat([tp, -f[..., None] * at], -1)                         # (g, N, 10)
+    rhs = root[..., 0] * f
+    sol = torch.linalg.lstsq(design.reshape(-1, design.shape[-1]), rhs.reshape(-1, 1)).solution.squeeze(1)
     alpha = sol[: NUM_DEGREE + 1].clone().requires_grad_(True)
     beta = sol[NUM_DEGREE + 1:].abs().repeat(x.shape[0], 1).clone().requires_grad_(True)
     scale = (w * f.pow(2)).mean().clamp_min(1e-12)
 
     def loss_fn():
-        p = (tp * alpha).sum(-1)
+        p = (tp * (alpha[:, None, :] if alpha.dim() == 2 else alpha)).sum(-1)
         q = 1 + (at * beta.abs()[:, None, :]).sum(-1)
         return (w * (p / q - f) ** 2).mean() / scale
 
     lbfgs_minimise([alpha, beta], loss_fn, iters)
+    if per_group:  # from the shared fit, each group's numerator is freed (independent per-group starts from
+        # their own linearised problems land in worse minima on groups holding outlier channels: measured)
+        alpha = alpha.detach().repeat(x.shape[0], 1).requires_grad_(True)
+        lbfgs_minimise([alpha, beta], loss_fn, iters)
     powers_num = torch.tensor([s ** -i for i in range(NUM_DEGREE + 1)], dtype=torch.float64)
     powers_den = torch.tensor([s ** -j for j in range(1, DEN_DEGREE + 1)], dtype=torch.float64)
     return alpha.detach() * powers_num, beta.detach().abs() * powers_den

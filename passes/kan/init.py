@@ -59,7 +59,7 @@ def fit_activation(module: nn.Module, samples: torch.Tensor, target, config,
     elif isinstance(module, GroupDaruan):
         fit_group_daruan(module, pooled, target, config.seed)
     elif isinstance(module, GroupRational):
-        num, den = rational_fit(pooled, target, weights=pooled_w)
+        num, den = rational_fit(pooled, target, weights=pooled_w, per_group=module.per_group)
         module.numerator.copy_(num)
         module.denominator.copy_(den)
     else:
@@ -109,7 +109,10 @@ def init_fit(model: nn.Module, record: dict[str, Any], originals: dict[str, nn.M
     get = model.get_submodule
     residual = record["form"] == "residual"
     if record["structure"] == "hqkan":
-        _hqkan_fit(model, record, originals, data, config)
+        if residual:
+            _hqkan_branch_start(get(record["down"]), data["h"], originals[record["act"]], config)
+        else:
+            _hqkan_fit(model, record, originals, data, config)
         return
     if record["structure"] == "kat":
         if residual:
@@ -120,9 +123,9 @@ def init_fit(model: nn.Module, record: dict[str, Any], originals: dict[str, nn.M
                 fit_activation(f1, data["x"], identity, config)
         fit_activation(get(record["act"]), data["pre"], originals[record["act"]], config,
                        weights=output_weights(originals[record["down"]], config))
-        if config.fit_weighting == "output":
+        if config.fit_weighting in ("output", "norm"):
             fit_through_down(get(record["act"]), originals[record["act"]], originals[record["down"]], data["pre"],
-                             config)
+                             config, row_weights=data.get("row_w") if config.fit_weighting == "norm" else None)
         return
     for path in inputs_of(record):
         _kan_from_linear(get(path), originals[path], data["x"], identity, residual, config)
@@ -142,23 +145,28 @@ def output_weights(down: nn.Module, config) -> torch.Tensor | None:
 
 
 def fit_through_down(module: nn.Module, act: nn.Module, down: nn.Module, pre: torch.Tensor, config,
-                     rows: int = 2048, iters: int = 100) -> None:
+                     rows: int = 2048, iters: int = 100, row_weights: torch.Tensor | None = None) -> None:
     """Refine F2 (after its 1-D fit) by L-BFGS on the error after the down projection (``fit_weighting: output``):
     mean ‖(F(pre) − act(pre)) W_downᵀ‖² / mean ‖act(pre) W_downᵀ‖² over up to ``rows`` recorded rows, float64.
-    Only F2's few coefficients move, so this is a fit of the activation, not a distillation of the MLP."""
+    ``row_weights`` (rows,) weight each row's error (``fit_weighting: norm``: 1/σ² of the residual stream at the
+    next norm, which divides the row by σ). Only F2's few coefficients move, so this is a fit of the activation,
+    not a distillation of the MLP."""
+    w = torch.ones(len(pre), dtype=torch.float64) if row_weights is None else row_weights.double()
     if len(pre) > rows:
-        pre = pre[torch.randperm(len(pre), generator=torch.Generator().manual_seed(config.seed))[:rows]]
+        keep = torch.randperm(len(pre), generator=torch.Generator().manual_seed(config.seed))[:rows]
+        pre, w = pre[keep], w[keep]
+    w = (w / w.mean())[:, None]
     weight = linear_view(down).weight().detach().double()
     work = copy.deepcopy(module).double()
     with torch.no_grad():
         target = act(pre.to(next(down.parameters()).dtype)).double() @ weight.T
-    norm = target.pow(2).mean().clamp_min(1e-30)
+    norm = (w * target.pow(2)).mean().clamp_min(1e-30)
     params = [p for p in work.parameters() if p.requires_grad]
     opt = torch.optim.LBFGS(params, max_iter=iters, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
                             tolerance_change=1e-15, history_size=30)
 
     def loss_fn():
-        return (work(pre) @ weight.T - target).pow(2).mean() / norm
+        return (w * (work(pre) @ weight.T - target).pow(2)).mean() / norm
 
     def closure():
         opt.zero_grad()
@@ -269,6 +277,13 @@ def init_scratch(model, record, originals, config) -> None:
     normal = torch.randn(50_000, 1, generator=gen).double()
     residual = record["form"] == "residual"
     act = originals[record["act"]]
+    if record["structure"] == "hqkan" and residual:  # the branch's input redrawn, its output stays zero
+        branch = get(record["down"])
+        _redraw(branch.inp, 1.0, gen)
+        k = branch.inp.out_features
+        fit_kan_layer(branch.core, normal.expand(-1, k), act, torch.eye(k, dtype=torch.float64),
+                      torch.zeros(k, dtype=torch.float64), config)
+        return
     if record["structure"] == "hqkan":  # linears redrawn; the core's edges start as the activation (weight I)
         for path in inputs_of(record):
             _redraw(get(path), 1.0, gen)
@@ -334,7 +349,9 @@ def _first_group(module: nn.Module):
         if not isinstance(module, (GroupRational, GroupBSpline)):
             return module(x.expand(-1, module.width if hasattr(module, "width") else _width(module)))[:, 0]
         if isinstance(module, GroupRational):
-            return rational(x[:, None, :], module.numerator.double(), module.denominator[:1].double()).reshape(-1)
+            num = module.numerator[:1] if module.per_group else module.numerator
+            return rational(x[:, None, :], num.double(), module.denominator[:1].double(),
+                            per_group=module.per_group).reshape(-1)
         one = GroupBSpline(1, 1, module.grid, module.order).double()
         one.knots.copy_(module.knots[:1])
         one.silu.copy_(module.silu[:1])
@@ -344,6 +361,29 @@ def _first_group(module: nn.Module):
 
 
 
+def _principal(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (k, C), bias (k,)) mapping rows ``x`` to their top-k principal components, whitened."""
+    mean = x.mean(0)
+    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
+    vh = torch.cat([vh, torch.zeros(max(k - len(vh), 0), x.shape[1], dtype=x.dtype)])[:k]  # fewer rows than k
+    s = torch.cat([s, torch.zeros(max(k - len(s), 0), dtype=s.dtype)])[:k]
+    std = (s / math.sqrt(max(len(x) - 1, 1))).clamp_min(1e-6)
+    w = vh / std[:, None]
+    return w, -w @ mean
+
+
+@torch.no_grad()
+def _hqkan_branch_start(branch: nn.Module, h: torch.Tensor, act, config) -> None:
+    """Residual HQKAN: the branch's input = the top-k whitened principal directions of the hidden rows h, its
+    core's edges = the MLP's activation (weight I), its output projection zero (so the MLP is unchanged)."""
+    k = branch.inp.out_features
+    w, b = _principal(h, k)
+    branch.inp.weight.copy_(w)
+    branch.inp.bias.copy_(b)
+    fit_kan_layer(branch.core, h @ w.T + b, act, torch.eye(k, dtype=torch.float64),
+                  torch.zeros(k, dtype=torch.float64), config)
+
+
 @torch.no_grad()
 def _hqkan_fit(model, record, originals, data, config) -> None:
     """HQKAN start from data (the bottleneck cannot keep the function): input projections = the top-k principal
@@ -351,16 +391,13 @@ def _hqkan_fit(model, record, originals, data, config) -> None:
     projection = least squares from the core's output to the original MLP output."""
     get = model.get_submodule
     x = data["x"]
-    mean = x.mean(0)
-    _, s, vh = torch.linalg.svd(x - mean, full_matrices=False)
     k = get(record["down"]).in_features
-    std = (s[:k] / math.sqrt(max(len(x) - 1, 1))).clamp_min(1e-6)
-    w1 = vh[:k] / std[:, None]
+    w1, b1 = _principal(x, k)
     for path in inputs_of(record):
         lin = get(path)
         lin.weight.copy_(w1)
-        lin.bias.copy_(-w1 @ mean)
-    z = (x - mean) @ w1.T
+        lin.bias.copy_(b1)
+    z = x @ w1.T + b1
     fit_kan_layer(get(record["act"]), z, originals[record["act"]], torch.eye(k, dtype=torch.float64),
                   torch.zeros(k, dtype=torch.float64), config)
     rows = data["distill_x"]

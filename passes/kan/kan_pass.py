@@ -20,6 +20,7 @@ from surgeon.calibration import collect_inputs
 from surgeon.errors import RecipeError
 from surgeon.inputs import example_inputs
 from surgeon.patterns import linear_view, mlp_sites
+from surgeon.patterns.structure import norm_info
 from surgeon.pipeline.config import PassConfig
 from surgeon.pipeline.registry import (
     Found,
@@ -44,7 +45,10 @@ class KAN(PassConfig):
     ``preact_trainable``/``measure`` (DARUAN re-uploading layers, trainable encodings, true ⟨Z⟩ "expectation"
     or QKAN's "fast" |α| − |β|), ``candidates`` (S-KAN's bases for ``basis: selectable``), ``fit_weighting``
     (``down``: weight F2's fit per hidden channel by its down-projection column norm²; ``output``: then L-BFGS on
-    F2's coefficients against the error after fc2, cross-channel terms included; ``kat`` structure).
+    F2's coefficients against the error after fc2, cross-channel terms included; ``norm``: ``output`` with each
+    token's error weighted by 1/σ² of the residual stream at the next norm, i.e. by what it costs after that
+    norm; ``kat`` structure),
+    ``numerators`` (rationals: ``shared`` numerator across groups as in KAT, or one per ``group``).
     """
 
     pass_name = "kan"
@@ -64,7 +68,8 @@ class KAN(PassConfig):
     preact_trainable: bool = True
     measure: Literal["expectation", "fast"] = "expectation"
     candidates: tuple[str, ...] = ("bspline", "fourier", "trukan")
-    fit_weighting: Literal["uniform", "down", "output"] = "uniform"
+    fit_weighting: Literal["uniform", "down", "output", "norm"] = "uniform"
+    numerators: Literal["shared", "group"] = "shared"
     samples: int = 2048
     fit_samples: int = 16384
     steps: int = 200
@@ -92,9 +97,9 @@ class KAN(PassConfig):
         if self.fit_weighting != "uniform" and (self.structure != "kat" or self.form != "pure" or self.init == "scratch"):
             raise RecipeError("option `fit_weighting` of pass `kan` applies to the fitted F2 of `structure: kat, "
                               "form: pure` (init fit or distill)", fix="Leave fit_weighting: uniform here")
-        if self.structure == "hqkan" and self.form != "pure":
-            raise RecipeError("option `form` of pass `kan` must be `pure` with `structure: hqkan` (the log2 "
-                              "bottleneck replaces the MLP; there is no exact residual form)", fix="Set form: pure")
+        if self.fit_weighting == "norm" and self.init != "fit":
+            raise RecipeError("option `fit_weighting: norm` of pass `kan` needs `init: fit` (its token weights are "
+                              "those of the recorded calibration rows)", fix="Set init: fit, or fit_weighting: output")
         if not self.lr > 0:
             raise RecipeError(f"option `lr` of pass `kan` must be positive, got {self.lr}", fix="Set `lr` > 0")
 
@@ -135,7 +140,7 @@ def _plan(model, mlp, config: KAN) -> dict:
               "groups": config.groups, "grid": config.grid, "order": config.order, "terms": config.terms,
               "degree": config.degree, "knots": config.knots, "knot_mode": config.knot_mode, "reps": config.reps,
               "preact_trainable": config.preact_trainable, "measure": config.measure,
-              "candidates": list(config.candidates)}
+              "candidates": list(config.candidates), "numerators": config.numerators}
     if mlp.act is None:
         raise RecipeError(f"pass `kan` needs the activation of {mlp.path} as a module; it is a function call",
                           fix="Target MLPs whose activation is a submodule")
@@ -159,12 +164,19 @@ def _collect(model, records, batches, config: KAN) -> dict[str, dict[str, torch.
     """Each site's MLP input ``x``, pre-activation ``pre`` and ``down`` input ``h``, as (N, C) float64 rows."""
     keys = [(rec["path"], key, rec[module]) for rec in records
             for key, module in (("x", "up"), ("pre", "act"), ("h", "down"))]
+    norms = {}
+    if config.fit_weighting == "norm":
+        found = next_norms(model, [rec["down"] for rec in records], batches[0])
+        norms = {rec["path"]: found[rec["down"]] for rec in records}
+    keys += [(site, "res", path) for site, path in norms.items() if path is not None]
     inputs = collect_inputs(model, [path for _, _, path in keys], batches, dtype=torch.float64)
     rows = {(site, key): inputs[path] for site, key, path in keys}
     gen = torch.Generator().manual_seed(config.seed)
     out = {}
     for rec in records:
         site = {k: rows[(rec["path"], k)] for k in ("x", "pre", "h")}
+        if norms.get(rec["path"]) is not None and len(rows[(rec["path"], "res")]) == len(site["pre"]):
+            site["row_w"] = _inverse_power(model.get_submodule(norms[rec["path"]]), rows[(rec["path"], "res")])
         x = site["x"]
         if config.init == "distill":
             x = _distill_inputs(x, config, gen, calibrated=bool(batches) and len(batches) > 0)
@@ -173,6 +185,38 @@ def _collect(model, records, batches, config: KAN) -> dict[str, dict[str, torch.
         site["distill_x"] = x
         out[rec["path"]] = site
     return out
+
+
+@torch.no_grad()
+def next_norms(model, downs: list[str], batch) -> dict[str, str | None]:
+    """Per ``down`` path, the first norm module *called* after it in a forward of ``batch``: where the residual
+    stream carrying that MLP's output is next normalised (BERT's output LayerNorm, the next block's input norm,
+    the final norm); None if none. Call order, not module order: Llama registers its norms after the MLP."""
+    from surgeon.runner import run_model
+
+    norms = [p for p, m in model.named_modules() if norm_info(m) is not None]
+    events: list[tuple[str, str]] = []
+    handles = [model.get_submodule(p).register_forward_pre_hook(lambda m, a, p=p: events.append(("norm", p)))
+               for p in norms]
+    handles += [model.get_submodule(p).register_forward_hook(lambda m, a, o, p=p: events.append(("down", p)))
+                for p in downs]
+    try:
+        run_model(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    out: dict[str, str | None] = {}
+    for i, (kind, path) in enumerate(events):
+        if kind == "down" and path not in out:
+            out[path] = next((p for k, p in events[i + 1:] if k == "norm"), None)
+    return {d: out.get(d) for d in downs}
+
+
+def _inverse_power(norm, rows: torch.Tensor) -> torch.Tensor:
+    """1/σ² per row, σ² what ``norm`` divides by (variance for a layer norm, mean square for RMS)."""
+    info = norm_info(norm)
+    x = rows - rows.mean(-1, keepdim=True) if info.kind == "layer" else rows
+    return 1.0 / (x.pow(2).mean(-1) + info.eps)
 
 
 def _distill_inputs(x: torch.Tensor, config: KAN, gen: torch.Generator, calibrated: bool) -> torch.Tensor:

@@ -24,32 +24,36 @@ def _grouped(x: torch.Tensor, groups: int) -> torch.Tensor:
 class GroupRational(nn.Module):
     """KAT's group-rational activation ``F(x) = base(x) + P(x)/Q_g(x)`` (..., C) → (..., C).
 
-    ``numerator`` (6,) is shared by every group, ``denominator`` (groups, 4) is per group;
-    Q = 1 + Σ_j |b_j| |x|^j as the released kernels compute it. Computed in fp32 at least (like the CUDA
-    forward), cast back to the input dtype.
+    ``numerator`` (6,) is shared by every group (KAT's layout), or (groups, 6) with ``per_group_numerator``;
+    ``denominator`` (groups, 4) is per group; Q = 1 + Σ_j |b_j| |x|^j as the released kernels compute it.
+    Computed in fp32 at least (like the CUDA forward), cast back to the input dtype.
     """
 
-    def __init__(self, width: int, groups: int = 8, base: nn.Module | None = None):
+    def __init__(self, width: int, groups: int = 8, base: nn.Module | None = None,
+                 per_group_numerator: bool = False):
         super().__init__()
         if width % groups:
             raise ValueError(f"width {width} is not divisible by groups {groups}")
         self.width, self.groups = width, groups
         self.base = base
-        self.numerator = nn.Parameter(torch.zeros(NUM_DEGREE + 1))
+        self.per_group = per_group_numerator
+        shape = (groups, NUM_DEGREE + 1) if per_group_numerator else (NUM_DEGREE + 1,)
+        self.numerator = nn.Parameter(torch.zeros(shape))
         self.denominator = nn.Parameter(torch.zeros(groups, DEN_DEGREE))
         if base is None:  # pure form starts as the identity, KAT's F1
             with torch.no_grad():
-                self.numerator[1] = 1.0
+                self.numerator[..., 1] = 1.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.promote_types(x.dtype, torch.float32)
         y = rational(_grouped(x.to(dtype), self.groups), self.numerator.to(dtype), self.denominator.to(dtype),
-                     (NUM_DEGREE, DEN_DEGREE))
+                     (NUM_DEGREE, DEN_DEGREE), self.per_group)
         y = y.flatten(-2).to(x.dtype)
         return y if self.base is None else self.base(x) + y
 
     def extra_repr(self) -> str:
-        return f"width={self.width}, groups={self.groups}, form={'pure' if self.base is None else 'residual'}"
+        return (f"width={self.width}, groups={self.groups}, form={'pure' if self.base is None else 'residual'}"
+                + (", numerator per group" if self.per_group else ""))
 
 
 class GroupBSpline(nn.Module):
@@ -97,6 +101,29 @@ class PreActivated(nn.Module):
         return self.linear(self.act(x))
 
 
+class HQKANResidual(nn.Module):
+    """``linear(h) + out(core(inp(h)))``: the MLP's kept down projection plus an HQKAN branch (residual ``hqkan``).
+
+    h (..., hidden) is the down projection's input; ``inp`` Linear(hidden, k), ``core`` a pure KAN layer (k, k)
+    and ``out`` Linear(k, width) form QKAN's bottleneck. ``out`` starts at zero (weight and bias), so the module
+    equals ``linear`` exactly until the branch is trained. Why the branch reads h and not the MLP input: the down
+    projection is where the MLP's output is formed in every MLP kind (plain, gated, BERT's split pair, MLPs
+    inlined in a decoder layer), so the branch is one module swap with no side channel between modules.
+    """
+
+    def __init__(self, linear: nn.Module, core: nn.Module, hidden: int, k: int, width: int):
+        super().__init__()
+        self.linear, self.core = linear, core
+        self.inp = nn.Linear(hidden, k)
+        self.out = nn.Linear(k, width)
+        with torch.no_grad():
+            self.out.weight.zero_()
+            self.out.bias.zero_()
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(h) + self.out(self.core(self.inp(h)))
+
+
 class BSplineKANLinear(nn.Module):
     """efficient-kan's KANLinear (..., in) → (..., out): every edge i→j is its own SiLU + B-spline function.
 
@@ -133,9 +160,10 @@ class BSplineKANLinear(nn.Module):
 class RationalKANLinear(nn.Module):
     """KAT's GR-KAN layer (..., in) → (..., out): ``linear(F(x))`` with ``F`` a :class:`GroupRational`."""
 
-    def __init__(self, in_features: int, out_features: int, groups: int = 8, residual: bool = False):
+    def __init__(self, in_features: int, out_features: int, groups: int = 8, residual: bool = False,
+                 per_group_numerator: bool = False):
         super().__init__()
-        self.rational = GroupRational(in_features, groups, nn.Identity() if residual else None)
+        self.rational = GroupRational(in_features, groups, nn.Identity() if residual else None, per_group_numerator)
         self.linear = nn.Linear(in_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,19 +7,24 @@
   (knot insertion) and the result is exact everywhere; otherwise it is a close fit.
 * Reps extension (QKAN's ``layer_extension``): reps r → r' inserts r' − r layers before the final rotation
   with θ = 0 and encoding weight and bias 0, so each new layer is RZ(0)RY(0)RZ(0) = I: exact.
-* Collapse (S-KAN's last phase): a selectable mixture keeps only its strongest candidate (mean |mix|);
-  the others' contributions are dropped, so it is exact only when their mix weights are 0.
+* Collapse (S-KAN's last phase): a selectable mixture keeps only its strongest candidate (mean |mix|), then
+  refits that candidate (all its parameters, its mix row and the base) to the whole mixture's function by
+  least squares on the module's recorded inputs (float64 L-BFGS), so the collapse moves the outputs as little
+  as that candidate allows; a plain drop of the others is exact only when their mix weights are 0.
 
 Each ``resize_*`` changes shapes only (works on ``meta``, used by replay); ``refine_*`` also sets values.
 """
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from surgeon.passes.kan.basis import bspline_basis
-from surgeon.passes.kan.extra_layers import GroupDaruan, QKANLinear
+from surgeon.passes.kan.extra_layers import GroupDaruan, QKANLinear, Selectable
+from surgeon.passes.kan.fit import lbfgs_minimise
 from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline
 
 
@@ -96,3 +101,33 @@ def refine_reps(module: GroupDaruan | QKANLinear, reps: int) -> None:
     module.pre_b.zero_()
     module.pre_w[..., :old_r] = pre_w
     module.pre_b[..., :old_r] = pre_b
+
+
+def collapse_refit(module: Selectable, keep: int, x: torch.Tensor, iters: int = 150) -> tuple[float, float]:
+    """Collapse ``module`` to candidate ``keep`` and refit it to the mixture on input rows ``x`` (R, C).
+
+    Returns the relative error ‖collapsed − mixture‖/‖mixture‖ on ``x`` of the plain drop and of the result.
+    The refit starts from the plain drop and only replaces it when it is closer, so it never makes it worse.
+    """
+    x = x.double()
+    with torch.no_grad():
+        target = copy.deepcopy(module).double()(x)
+    module.prune(keep)
+    work = copy.deepcopy(module).double()
+    norm = target.pow(2).mean().clamp_min(1e-300)
+
+    def relative() -> float:
+        with torch.no_grad():
+            return float(((work(x) - target).pow(2).mean() / norm).sqrt())
+
+    drop = relative()
+    params = [p for p in work.parameters() if p.requires_grad]
+    if not params or not x.shape[0]:
+        return drop, drop
+    lbfgs_minimise(params, lambda: (work(x) - target).pow(2).mean() / norm, iters)
+    refit = relative()
+    if refit < drop:  # L-BFGS on a non-convex basis (DARUAN) could in principle end worse than its start
+        with torch.no_grad():
+            module.load_state_dict(work.state_dict())
+        return drop, refit
+    return drop, drop

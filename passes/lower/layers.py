@@ -11,11 +11,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as TF
 from torch import nn
 
+import surgeon.kernels.bspline_basis.op  # noqa: F401  (registers surgeon::bspline_basis)
 import surgeon.kernels.fake_quant.op  # noqa: F401  (registers surgeon::fake_quant*)
 import surgeon.kernels.group_rational.op  # noqa: F401  (registers surgeon::group_rational)
-from surgeon.passes.kan.layers import GroupRational
+from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
 from surgeon.passes.quant import formats as F
 from surgeon.passes.quant.quantizers import Quantizer
 
@@ -40,6 +42,43 @@ class LoweredGroupRational(GroupRational):
             return super().forward(x)
         y = torch.ops.surgeon.group_rational(x, self.numerator, self.denominator)
         return y if self.base is None else self.base(x) + y
+
+
+class LoweredGroupBSpline(GroupBSpline):
+    """:class:`GroupBSpline` whose Cox–de Boor recursion is one ``surgeon::bspline_basis`` call (the
+    per-group coefficient sum and the SiLU branch stay torch: they read the bases once).
+
+    Float64 inputs keep the layer's own math (the op computes in float32).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return super().forward(x)
+        xf = x.float()  # the layer computes in float32 at least
+        b = torch.ops.surgeon.bspline_basis(xf, self.knots.float(), self.order)  # (..., C, G+k)
+        b = b.unflatten(-2, (self.groups, -1))  # (..., g, w, G+k)
+        y = (b * self.coef.float()[:, None, :]).sum(-1) + self.silu.float()[:, None] * TF.silu(
+            xf.unflatten(-1, (self.groups, -1)))
+        y = y.flatten(-2).to(x.dtype)
+        return y if self.base is None else self.base(x) + y
+
+
+class LoweredBSplineKANLinear(BSplineKANLinear):
+    """:class:`BSplineKANLinear` as one ``surgeon::bspline_basis`` call feeding the spline GEMM, beside the
+    base-branch GEMM: ``linear(b(x), base_weight, bias) + linear(B(x).flatten, spline_weight.flatten)``.
+
+    Float64 inputs keep the layer's own math (the op computes in float32).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            return super().forward(x)
+        xf = x.float()  # the layer computes in float32 at least
+        base = xf if self.residual else TF.silu(xf)
+        b = torch.ops.surgeon.bspline_basis(xf, self.knots.float(), self.order).flatten(-2)  # (..., in·(G+k))
+        y = TF.linear(base, self.base_weight.float(), self.bias.float())
+        y = y + TF.linear(b, self.spline_weight.float().flatten(1))
+        return y.to(x.dtype)
 
 
 class _FakeQuantWithZeroGrad(torch.autograd.Function):

@@ -22,7 +22,7 @@ class Lower(PassConfig):
     """Options of ``lower``: ``ops``, the table rows to apply (default: all)."""
 
     pass_name = "lower"
-    ops: tuple[str, ...] = ("group_rational", "fake_quant")
+    ops: tuple[str, ...] = ("group_rational", "bspline_basis", "fake_quant")
 
     def check(self) -> None:
         """Every name in ``ops`` is a table row, and there is at least one."""
@@ -35,12 +35,13 @@ class Lower(PassConfig):
 
 @register_pass(Lower)
 class LowerPass(PassHandler):
-    """Swaps GroupRational and integer quantizers for modules calling surgeon::group_rational / fake_quant."""
+    """Swaps GroupRational, B-spline KAN layers and integer quantizers for modules calling
+    surgeon::group_rational / bspline_basis / fake_quant."""
 
     preserves = "exact"
     paper = "KAT (Yang & Wang, ICLR 2025) group-rational kernels; LSQ / OmniQuant fake quantisation"
     summary = "Lower layers created by kan / fake_quant to surgeon:: Triton ops (torch references on CPU)."
-    site_kind = "GroupRational or Quantizer module"
+    site_kind = "GroupRational, B-spline KAN layer or Quantizer module"
 
     def find(self, ctx: PassContext, config: Lower) -> Found:
         rows = [row_named(name) for name in config.ops]

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 
 from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
-from surgeon.passes.lower.layers import LoweredGroupRational, LoweredQuantizer, share
+from surgeon.kernels.bspline_basis.triton_kernel import MAX_ORDER
+from surgeon.passes.lower.layers import (LoweredBSplineKANLinear, LoweredGroupBSpline, LoweredGroupRational,
+                                         LoweredQuantizer, share)
 from surgeon.passes.quant.quantizers import Quantizer
 
 
@@ -36,14 +38,29 @@ def _dtype(module: nn.Module) -> torch.dtype | None:
 
 def rational_reason(module: nn.Module) -> str | None:
     """Why ``module`` cannot become a :class:`LoweredGroupRational` (None when it can)."""
-    if isinstance(module, (GroupBSpline, BSplineKANLinear)):
-        return "B-spline KAN layers have no surgeon:: op yet"
     if type(module) is not GroupRational:
         return "already lowered" if isinstance(module, LoweredGroupRational) else "not a GroupRational"
+    if module.numerator.dim() > 1:
+        return "surgeon::group_rational shares one numerator across groups (KAT's layout); this layer has one per group"
     if (module.numerator.numel(), tuple(module.denominator.shape[1:])) != (6, (4,)):
         return "surgeon::group_rational computes degrees (5, 4) only"
     if module.numerator.dtype == torch.float64:
         return "float64 coefficients: the layer computes in float64, the op in float32"
+    return None
+
+
+_BSPLINE_LOWERED = {GroupBSpline: LoweredGroupBSpline, BSplineKANLinear: LoweredBSplineKANLinear}
+
+
+def bspline_reason(module: nn.Module) -> str | None:
+    """Why ``module`` (a B-spline KAN layer) cannot take ``surgeon::bspline_basis`` (None when it can)."""
+    if type(module) not in _BSPLINE_LOWERED:
+        return "already lowered" if isinstance(module, tuple(_BSPLINE_LOWERED.values())) else \
+            f"{type(module).__name__}: not a GroupBSpline or BSplineKANLinear"
+    if module.order > MAX_ORDER:
+        return f"order {module.order}: surgeon::bspline_basis's kernel is compiled for orders up to {MAX_ORDER}"
+    if module.knots.dtype == torch.float64:
+        return "float64 knots: the layer computes in float64, the op in float32"
     return None
 
 
@@ -85,8 +102,10 @@ def quantizer_reason(module: nn.Module) -> str | None:
 
 
 ROWS: tuple[Row, ...] = (
-    Row("group_rational", (GroupRational, GroupBSpline, BSplineKANLinear),
+    Row("group_rational", (GroupRational,),
         lambda m: rational_reason(m) is None, lambda m: share(m, LoweredGroupRational), rational_reason),
+    Row("bspline_basis", (GroupBSpline, BSplineKANLinear),
+        lambda m: bspline_reason(m) is None, lambda m: share(m, _BSPLINE_LOWERED[type(m)]), bspline_reason),
     Row("fake_quant", (Quantizer,),
         lambda m: quantizer_reason(m) is None, lambda m: share(m, LoweredQuantizer), quantizer_reason),
 )

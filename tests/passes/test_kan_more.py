@@ -56,7 +56,7 @@ def test_distill_with_kan_structure_reaches_5_percent_per_scope(basis, mode):
 @pytest.mark.parametrize("options,field", [
     ({"candidates": ("bspline", "selectable")}, "candidates"), ({"candidates": ()}, "candidates"),
     ({"knot_mode": "individual"}, "knot_mode"), ({"reps": 0}, "reps"), ({"terms": 0}, "terms"),
-    ({"structure": "hqkan"}, "form"), ({"fit_weighting": "output"}, "fit_weighting"),
+    ({"fit_weighting": "output"}, "fit_weighting"),
     ({"fit_weighting": "down", "form": "pure", "structure": "kan"}, "fit_weighting")])
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(RecipeError, match=field):

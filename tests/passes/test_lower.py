@@ -9,9 +9,10 @@ import torch
 
 import surgeon
 from surgeon.passes import KAN, FakeQuant, Lower
-from surgeon.passes.kan.layers import GroupRational
-from surgeon.passes.lower import LoweredGroupRational, LoweredQuantizer
+from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
+from surgeon.passes.lower import LoweredBSplineKANLinear, LoweredGroupBSpline, LoweredGroupRational, LoweredQuantizer
 from surgeon.passes.lower.layers import share
+from surgeon.passes.lower.table import row_named
 from surgeon.passes.quant.quantizers import Quantizer
 from surgeon.runner import output_tensors, run_model
 
@@ -106,3 +107,67 @@ def test_lowered_group_rational_gradients_equal_the_layers():
     got = torch.autograd.grad(lowered(x), [x, lowered.numerator, lowered.denominator], g)
     for a, b in zip(got, want):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _randomise_splines(model, seed=0):
+    # Residual-form splines start at zero coefficients; random ones make the spline part count.
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            for name in ("coef", "silu", "spline_weight", "base_weight"):
+                if isinstance(m, (GroupBSpline, BSplineKANLinear)) and hasattr(m, name):
+                    p = getattr(m, name)
+                    p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+
+
+@pytest.mark.parametrize("structure,kind", [("kat", LoweredGroupBSpline), ("kan", LoweredBSplineKANLinear)])
+def test_kan_bspline_then_lower_equals_kan(structure, kind):
+    model = surgeon.load_model("tiny-llama", num_layers=1)
+    surgeon.apply(model, [KAN(basis="bspline", structure=structure)])
+    _randomise_splines(model)
+    before = copy.deepcopy(model)
+    surgeon.apply(model, [Lower(ops=("bspline_basis",))])
+    assert any(isinstance(m, kind) for m in model.modules())
+    assert not any(type(m) in (GroupBSpline, BSplineKANLinear) for m in model.modules())
+    want, got = _outputs(before), _outputs(model)
+    for key in want:
+        assert torch.allclose(got[key], want[key], rtol=1e-5, atol=1e-6), key
+
+
+@pytest.mark.parametrize("layer", [GroupBSpline(24, groups=3, grid=4, order=3, base=torch.nn.SiLU()),
+                                   BSplineKANLinear(12, 10, grid=5, order=2)])
+def test_lowered_bspline_layers_compute_the_layers_values_and_gradients(layer):
+    _randomise_splines(layer, seed=1)
+    with torch.no_grad():  # non-uniform knots, as the pass adapts them
+        layer.knots.mul_(torch.linspace(0.8, 1.3, layer.knots.shape[1]))
+    lowered = share(layer, LoweredGroupBSpline if isinstance(layer, GroupBSpline) else LoweredBSplineKANLinear)
+    width = layer.width if isinstance(layer, GroupBSpline) else layer.in_features
+    x = (torch.randn(5, 2, width) * 1.5).requires_grad_()
+    params = [p for p in layer.parameters()]
+    g = torch.randn_like(layer(x))
+    want = torch.autograd.grad(layer(x), [x, *params], g)
+    got = torch.autograd.grad(lowered(x), [x, *params], g)
+    assert lowered.knots is layer.knots  # shared, not copied
+    assert torch.allclose(lowered(x), layer(x), rtol=1e-5, atol=1e-6)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+    ep = torch.export.export(lowered, (x.detach(),))
+    assert any("surgeon.bspline_basis" in str(n.target) for n in ep.graph.nodes)
+
+
+def test_bspline_orders_beyond_the_kernel_are_skipped_with_a_reason():
+    row = row_named("bspline_basis")
+    high, ok = GroupBSpline(8, groups=2, order=6), BSplineKANLinear(8, 4, order=3)
+    assert not row.check(high) and "orders up to 5" in row.reason(high)
+    assert row.check(ok) and row.reason(ok) is None
+    assert isinstance(row.build(ok), LoweredBSplineKANLinear)
+    assert row.reason(row.build(ok)) == "already lowered"
+    assert "float64 knots" in row.reason(GroupBSpline(8, groups=2).double())
+
+
+def test_per_group_numerators_are_left_with_the_right_reason():
+    from surgeon.passes.lower.table import rational_reason
+
+    assert rational_reason(GroupRational(16, groups=4)) is None
+    reason = rational_reason(GroupRational(16, groups=4, per_group_numerator=True))
+    assert reason is not None and "one per group" in reason
