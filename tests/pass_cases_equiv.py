@@ -15,6 +15,8 @@ def _batches(model):
 CASES = [
     PassCase("smooth-fold-llama", "tiny-llama", (Smooth(placement="fold"),), calibration=_batches),
     PassCase("smooth-auto-bert", "tiny-bert", (Smooth(),), calibration=_batches),
+    PassCase("smooth-shift-online-llama", "tiny-llama", (Smooth(shift=True, placement="online"),),
+             calibration=_batches),
     PassCase("rotate-gpt2-conv1d", "tiny-gpt2", (Rotate(),)),
     PassCase("rotate-orthogonal-vit", "tiny-vit", (Rotate(kind="orthogonal"),)),
     PassCase("rotate-residual+quant-qwen3", "tiny-qwen3",

@@ -62,11 +62,15 @@ class InputTransform(nn.Module):
 
 
 class ScaleTransform(InputTransform):
-    """T = diag(1/(s·e^θ)): a per-channel division (smoothing). ``scale`` (n,) buffer, θ (n,)."""
+    """x ↦ (x − δ)·diag(1/(s·e^θ)): a per-channel division (smoothing), with OmniQuant's shift δ when
+    ``shifted`` (an affine map: the readers' biases take W·δ, see ``smooth``). ``scale``, ``shift`` (n,)
+    buffers, θ (n,)."""
 
-    def __init__(self, n: int, *, learnable: bool = False):
+    def __init__(self, n: int, *, learnable: bool = False, shifted: bool = False):
         super().__init__(n, learnable)
         self.register_buffer("scale", torch.ones(n))
+        if shifted:
+            self.register_buffer("shift", torch.zeros(n))
         if learnable:
             self.log_delta = nn.Parameter(torch.zeros(n))
 
@@ -76,6 +80,8 @@ class ScaleTransform(InputTransform):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self._delta()
         s = self.scale if d is None else self.scale * d
+        if hasattr(self, "shift"):
+            x = x - self.shift.to(x.dtype)
         return x / s.to(x.dtype)
 
     def fold_delta(self, w: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,7 @@ class InputGroup:
     producer: str | None = None
     producer_kind: str | None = None  # "norm" | "linear" | None
     channel_map: tuple[int, ...] | None = None  # linear producers: producer channel of each input channel
+    shiftable: bool = False  # an additive per-channel shift also passes (attention's Σp = 1; not a gate)
     note: str = ""  # why the producer cannot take a fold (empty when it can, or there is none)
 
     @property
@@ -57,7 +58,8 @@ class InputGroup:
 
     def describe(self) -> str:
         """One line: the producer (or why there is none to fold into) → the readers."""
-        where = (f"{self.producer_kind} {self.producer}" if self.producer_kind else
+        shift = " (+shift)" if self.producer_kind == "linear" and self.shiftable else ""
+        where = (f"{self.producer_kind} {self.producer}{shift}" if self.producer_kind else
                  f"online ({self.note})" if self.note else "online")
         return f"[{self.width}] {where} → {', '.join(self.readers)}"
 
@@ -68,6 +70,7 @@ class Regions:
 
     groups: list[InputGroup]
     edges: dict[str, dict[str, tuple[int, ...]]] = field(default_factory=dict)  # producer → reader → map
+    shiftable: set[str] = field(default_factory=set)  # producers whose shift reaches the readers unchanged
 
     def group_of(self, reader: str) -> InputGroup | None:
         """The group that ``reader`` belongs to."""
@@ -151,12 +154,12 @@ def find_regions(model: nn.Module, cap: Capture, *, probe_producers: bool = True
     norms = [p for p, m in model.named_modules() if p and norm_info(m) is not None]
     inputs, norm_out = _record_inputs(model, _runner(model, cap.inputs), order, norms)
     foldable_norms = {s.path: set(s.readers) for s in norm_sites(cap)[0]}
-    edges = _linear_edges(model, cap, order) if probe_producers else {}
+    edges, shiftable = _linear_edges(model, cap, order) if probe_producers else ({}, set())
     groups = []
     for readers in _groups_by_value(inputs, order):
         width = inputs[readers[0]].shape[-1]
-        groups.append(_classify(tuple(readers), width, inputs, norm_out, foldable_norms, edges))
-    return Regions(groups, edges)
+        groups.append(_classify(tuple(readers), width, inputs, norm_out, foldable_norms, edges, shiftable))
+    return Regions(groups, edges, shiftable)
 
 
 def _runner(model: nn.Module, batch):
@@ -166,18 +169,19 @@ def _runner(model: nn.Module, batch):
     return lambda: model(**kwargs)
 
 
-def _classify(readers, width, inputs, norm_out, foldable_norms, edges) -> InputGroup:
+def _classify(readers, width, inputs, norm_out, foldable_norms, edges, shiftable) -> InputGroup:
     x = inputs[readers[0]]
     for norm, out in norm_out.items():
         if out.shape[-1] == width and _same(out, x):
             if norm in foldable_norms and set(readers) == foldable_norms[norm]:
-                return InputGroup(readers, width, norm, "norm")
+                return InputGroup(readers, width, norm, "norm", shiftable=True)
             return InputGroup(readers, width, note=f"{norm}'s output is also read by other ops")
     for producer, targets in edges.items():
         if all(r in targets for r in readers):
             maps = {targets[r] for r in readers}
             if len(maps) == 1:
-                return InputGroup(readers, width, producer, "linear", channel_map=maps.pop())
+                return InputGroup(readers, width, producer, "linear", channel_map=maps.pop(),
+                                  shiftable=producer in shiftable)
     return InputGroup(readers, width)
 
 
@@ -206,15 +210,17 @@ def _block_root(path: str, cap: Capture) -> str | None:
     return None
 
 
-def _linear_edges(model: nn.Module, cap: Capture, order: list[str]) -> dict[str, dict[str, tuple[int, ...]]]:
-    """producer → {reader: channel map} for Linear outputs that reach readers linearly, per block."""
+def _linear_edges(model: nn.Module, cap: Capture, order: list[str]) -> tuple[dict, set[str]]:
+    """producer → {reader: channel map} for Linear outputs that reach readers linearly, per block, and the
+    producers whose additive shift also reaches them unchanged."""
     blocks: dict[str, list[str]] = {}
     for path in order:
         root = _block_root(path, cap)
         if root is not None:
             blocks.setdefault(root, []).append(path)
     edges: dict[str, dict[str, tuple[int, ...]]] = {}
-    probed: dict[str, dict[str, dict[str, tuple[int, ...]]]] = {}  # first instance → relative edges
+    shiftable: set[str] = set()
+    probed: dict[str, tuple[dict, set]] = {}  # first instance → relative edges, shiftable producers
     for root, members in blocks.items():
         scope = cap.scope_at(root)
         first = scope.instances[0]
@@ -222,12 +228,14 @@ def _linear_edges(model: nn.Module, cap: Capture, order: list[str]) -> dict[str,
             if first not in blocks:
                 continue
             probed[first] = _probe_block(model, cap, first, blocks[first])
-        for producer, targets in probed[first].items():
+        found, shifts = probed[first]
+        for producer, targets in found.items():
             edges[join(root, producer)] = {join(root, r): m for r, m in targets.items()}
-    return edges
+        shiftable |= {join(root, p) for p in shifts}
+    return edges, shiftable
 
 
-def _probe_block(model, cap, root: str, members: list[str]) -> dict[str, dict[str, tuple[int, ...]]]:
+def _probe_block(model, cap, root: str, members: list[str]) -> tuple[dict[str, dict[str, tuple[int, ...]]], set[str]]:
     block = model.get_submodule(root)
     call = cap.calls[root]
     rel = [m[len(root) + 1:] for m in members]
@@ -245,6 +253,7 @@ def _probe_block(model, cap, root: str, members: list[str]) -> dict[str, dict[st
     base_inputs, _ = _record_inputs(block, lambda: run(), rel)
     base_out = _first_tensor(run())
     found: dict[str, dict[str, tuple[int, ...]]] = {}
+    shifts: set[str] = set()
     for producer in rel:
         out_features = linear_view(block.get_submodule(producer)).out_features
         s = _signed_factors(out_features, base_out.dtype, base_out.device)
@@ -258,7 +267,9 @@ def _probe_block(model, cap, root: str, members: list[str]) -> dict[str, dict[st
                 targets[reader] = cmap
         if targets and _fold_holds(run, base_out, producer, s, targets):
             found[producer] = targets
-    return found
+            if _fold_holds(run, base_out, producer, s, targets, additive=True):
+                shifts.add(producer)
+    return found, shifts
 
 
 def _first_tensor(out):
@@ -302,10 +313,28 @@ def _channel_map(before: torch.Tensor, after: torch.Tensor, s: torch.Tensor) -> 
     return tuple(int(i) for i in cmap)
 
 
-def _fold_holds(run, base_out: torch.Tensor, producer: str, s: torch.Tensor, targets: dict) -> bool:
-    """The producer's output scaled by s and each reader's input divided back leaves the block output."""
-    hooks = [("out", producer, _scale_output(s))]
-    hooks += [("in", r, _divide_input(s[list(m)])) for r, m in targets.items()]
+def _add_output(c):
+    def hook(module, args, out):
+        return out + c
+    return hook
+
+
+def _subtract_input(c):
+    def hook(module, args):
+        return (args[0] - c, *args[1:])
+    return hook
+
+
+def _fold_holds(run, base_out: torch.Tensor, producer: str, s: torch.Tensor, targets: dict,
+                additive: bool = False) -> bool:
+    """The producer's output scaled by s (or, ``additive``, shifted by s) and each reader's input
+    compensated leaves the block output."""
+    if additive:
+        hooks = [("out", producer, _add_output(s))]
+        hooks += [("in", r, _subtract_input(s[list(m)])) for r, m in targets.items()]
+    else:
+        hooks = [("out", producer, _scale_output(s))]
+        hooks += [("in", r, _divide_input(s[list(m)])) for r, m in targets.items()]
     out = _first_tensor(run(hooks))
     err = (out.double() - base_out.double()).norm() / base_out.double().norm().clamp_min(1e-30)
     return float(err) <= FOLD_RTOL

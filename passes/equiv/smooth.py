@@ -9,6 +9,12 @@ Placement (``placement``):
 - ``online``: every group, as an online division before the readers (post-norm models such as BERT,
   whose norms also feed the residual stream, can only be smoothed this way);
 - ``auto`` (default): fold where possible, online elsewhere.
+``shift: true`` adds OmniQuant's channel shift δ = (max X + min X)/2 (over all calibration batches, where
+OmniQuant keeps an EMA): X ↦ (X − δ)/s, the readers' biases take W·δ (a bias is created where missing).
+It needs a place for −δ/s: the producer's bias (a LayerNorm's β or a Linear's b) when folded, else the
+online transform; groups folded into a bias-less producer (RMSNorm) or along a path that does not pass a
+shift (the probe checks it: through attention Σp = 1 keeps it, act(gate)·up does not) get the scale only,
+as OmniQuant disables shifts for LLaMA.
 ``learnable: true`` makes the scales online deltas that ``calibrate_quant`` trains (LET); after calibration
 they are folded into the fixed scale.
 """
@@ -34,11 +40,13 @@ SCALE_MIN = 1e-5
 
 @dataclass(frozen=True, kw_only=True)
 class Smooth(PassConfig):
-    """Options of ``smooth``: migration strength ``alpha``, ``placement``, ``learnable`` (LET), ``exclude``."""
+    """Options of ``smooth``: strength ``alpha``, ``placement``, ``shift`` (OmniQuant's δ), ``learnable`` (LET),
+    ``exclude``."""
 
     pass_name = "smooth"
     alpha: float = 0.5
     placement: Literal["auto", "fold", "online"] = "auto"
+    shift: bool = False
     learnable: bool = False
     exclude: tuple[str, ...] = ("embeddings", "head")
 
@@ -72,18 +80,36 @@ class SmoothPass(EquivPass):
     def rewrite_group(self, ctx, config: Smooth, group: InputGroup, stats: GroupStats, index: int) -> dict:
         w = reader_weights(ctx.model, group.readers)
         s = smoothing_scales(stats.absmax.to(w.device), w.abs().amax(0), config.alpha)
+        delta = ((stats.lo + stats.hi) / 2).to(w.device) if config.shift else None
         if group.foldable and not (config.learnable or config.placement == "online"):
             if group.producer_kind == "linear":
                 s = _per_producer_channel(s, group.channel_map)
-            fold_scale_into_producer(ctx.model, group, s)
-            t = ScaleTransform(group.width)
+            if delta is not None and not (group.shiftable and _producer_has_bias(ctx.model, group)):
+                # Nowhere to put −δ/s offline (RMSNorm, bias-less Linear), or a shift does not pass the
+                # path (act(gate)·up scales it per token): scale only.
+                delta = None
+            if delta is not None and group.producer_kind == "linear":
+                # One δ per producer channel: reader channels fed by one KV channel (GQA) see different
+                # values (each query head mixes it differently), so they share the mean of their midpoints.
+                delta = _mean_per_producer_channel(delta, group.channel_map)[list(group.channel_map)]
+            new_biases = shift_reader_biases(ctx.model, group.readers, delta) if delta is not None else []
+            fold_scale_into_producer(ctx.model, group, s, delta)
+            t = ScaleTransform(group.width, shifted=delta is not None)
             t.scale.copy_(s if group.channel_map is None else s[list(group.channel_map)])
+            if delta is not None:
+                t.shift.copy_(delta)
             fold_into_readers(ctx.model, group.readers, t)
             self.applied = t
-            return {"readers": list(group.readers), "transform": None, "producer": group.producer}
-        t = ScaleTransform(group.width, learnable=config.learnable)
+            return {"readers": list(group.readers), "transform": None, "producer": group.producer,
+                    "new_biases": new_biases}
+        t = ScaleTransform(group.width, learnable=config.learnable, shifted=delta is not None)
         t.scale.copy_(s.float())
-        return self._wrap(ctx, group, t, config)
+        new_biases = []
+        if delta is not None:
+            t.shift.copy_(delta.float())
+            new_biases = shift_reader_biases(ctx.model, group.readers, t.shift.double())
+        record = self._wrap(ctx, group, t, config)
+        return {**record, "new_biases": new_biases}
 
     def _wrap(self, ctx, group, t, config) -> dict:
         from surgeon.passes.equiv.common import wrap_readers
@@ -93,7 +119,8 @@ class SmoothPass(EquivPass):
         wrap_readers(ctx.model, group.readers, t)
         self.applied = t
         return {"readers": list(group.readers),
-                "transform": {"cls": "scale", "n": group.width, "learnable": config.learnable}}
+                "transform": {"cls": "scale", "n": group.width, "learnable": config.learnable,
+                              "shifted": hasattr(t, "shift")}}
 
 
 def _per_producer_channel(s: torch.Tensor, cmap: tuple[int, ...]) -> torch.Tensor:
@@ -104,19 +131,53 @@ def _per_producer_channel(s: torch.Tensor, cmap: tuple[int, ...]) -> torch.Tenso
     return out
 
 
-@torch.no_grad()
-def fold_scale_into_producer(model, group: InputGroup, s: torch.Tensor) -> None:
-    """Divide the producer's output channels by ``s``: a norm's gain and bias, or a Linear's rows and bias."""
+def _producer(model, group: InputGroup):
     module = model.get_submodule(group.producer)
+    return module.linear if isinstance(module, TransformedLinear) else module  # an earlier group wrapped it
+
+
+def _producer_has_bias(model, group: InputGroup) -> bool:
+    return getattr(_producer(model, group), "bias", None) is not None
+
+
+@torch.no_grad()
+def shift_reader_biases(model, readers: tuple[str, ...], delta: torch.Tensor) -> list[str]:
+    """b ← b + W·δ for every reader (W as it is now, before smoothing); returns readers given a new bias."""
+    created = []
+    for r in readers:
+        view = linear_view(model.get_submodule(r))
+        w = view.weight().detach().double()
+        old = view.bias()
+        if old is None:
+            created.append(r)
+        view.set_bias(w @ delta.to(w) + (old.detach().double() if old is not None else 0.0))
+    return created
+
+
+def _mean_per_producer_channel(values: torch.Tensor, cmap: tuple[int, ...]) -> torch.Tensor:
+    index = torch.tensor(cmap, device=values.device)
+    total = torch.zeros(max(cmap) + 1, dtype=values.dtype, device=values.device).index_add_(0, index, values)
+    count = torch.zeros_like(total).index_add_(0, index, torch.ones_like(values))
+    return total / count.clamp_min(1)
+
+
+@torch.no_grad()
+def fold_scale_into_producer(model, group: InputGroup, s: torch.Tensor, delta: torch.Tensor | None = None) -> None:
+    """Make the producer emit (y − δ)/s: a norm's gain and bias, or a Linear's rows and bias (``s`` and
+    ``delta`` per producer channel for Linears; δ in reader channels is mapped back through the group)."""
+    module = _producer(model, group)
     if group.producer_kind == "linear":
-        if isinstance(module, TransformedLinear):  # an earlier group wrapped it: its rows are the inner's
-            module = module.linear
         view = linear_view(module)
         scale = torch.ones(view.out_features, dtype=torch.float64, device=s.device)
         scale[: len(s)] = s
         view.set_weight((view.weight().double() / scale[:, None]).to(view.weight().dtype))
         if view.bias() is not None:
-            view.set_bias((view.bias().double() / scale).to(view.bias().dtype))
+            b = view.bias().double()
+            if delta is not None:
+                shift = torch.zeros_like(b)
+                shift[list(group.channel_map)] = delta.to(b)  # equal for reader channels of one producer channel
+                b = b - shift
+            view.set_bias((b / scale).to(view.bias().dtype))
         return
     info = norm_info(module)
     offset = info.gain - module.weight.detach().double()  # 0 for x·w, 1 for Gemma's x·(1 + w)
@@ -125,5 +186,6 @@ def fold_scale_into_producer(model, group: InputGroup, s: torch.Tensor) -> None:
                            where=group.producer, fix="Use `placement: online` for this model")
     module.weight.copy_((info.gain / s - offset).to(module.weight.dtype))
     if getattr(module, "bias", None) is not None:
-        module.bias.copy_((info.bias / s).to(module.bias.dtype))
+        bias = info.bias - (delta.to(info.bias) if delta is not None else 0.0)
+        module.bias.copy_((bias / s).to(module.bias.dtype))
     forget(module)

@@ -13,6 +13,7 @@ then both inputs move on to the next block. Only one block's activations per bat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -30,6 +31,9 @@ from surgeon.runner import call_kwargs
 class CalibrateQuant(PassConfig):
     """Options of ``calibrate_quant``: ``epochs`` over the batches, learning rates, ``seed``.
 
+    ``loss``: ``mse`` is the block-wise reconstruction above; ``kl_top`` trains every parameter at once
+    end to end on OSTQuant's KL-Top loss over the FP model's ``top_k`` next-token classes
+    (:mod:`.calibrate_e2e`; needs a model with logits).
     ``transform_lr`` is for learnable equivalent transforms (``smooth``/``rotate`` with ``learnable``,
     ``flat``, ``ost``): 2e-2, four times FlatQuant's and OmniQuant-LET's 5e-3 for the same reason as ``lr``
     (~50 steps instead of hundreds); on MiniLM's calibration sentences the block-wise losses after ``flat``
@@ -46,12 +50,16 @@ class CalibrateQuant(PassConfig):
     lr: float = 5e-2
     step_lr: float = 1e-2
     transform_lr: float = 2e-2
+    loss: Literal["mse", "kl_top"] = "mse"
+    top_k: int = 1000
     seed: int = 0
 
     def check(self) -> None:
         """Positive epochs and learning rates."""
         from surgeon.errors import RecipeError
 
+        if self.top_k < 1:
+            raise RecipeError(f"option `top_k` of pass `calibrate_quant` must be ≥ 1, got {self.top_k}", fix="Use 1000")
         for name in ("epochs", "lr", "step_lr", "transform_lr"):
             if getattr(self, name) <= 0:
                 raise RecipeError(f"option `{name}` of pass `calibrate_quant` must be > 0, got {getattr(self, name)}",
@@ -129,16 +137,14 @@ def _mse(pred, target, mask):
     return ((pred - target).pow(2) * mask).sum() / (mask.sum() * pred.shape[-1])
 
 
-def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: CalibrateQuant | None,
-                    gen) -> tuple[list, list, float]:
-    """Train ``block``'s quantizers (none when ``config`` is None); return the next fp and quantised
-    inputs and the final mean loss."""
-    with torch.no_grad():
-        set_enabled(block, False)
-        targets = [_run(block, call, h) for call, h in zip(calls, fp_in)]
-        set_enabled(block, True)
-    quants = quantizers(block)
-    frozen = [p for p in block.parameters() if p.requires_grad]
+def trainable_groups(module: nn.Module, config: CalibrateQuant | None):
+    """AdamW parameter groups for every quantizer and learnable transform in ``module`` (weights frozen),
+    and a ``release()`` that folds the trained transforms and restores the ``requires_grad`` flags.
+
+    With ``config`` None nothing trains (the groups get learning rate 0 and transforms stay as they are).
+    """
+    quants = quantizers(module)
+    frozen = [p for p in module.parameters() if p.requires_grad]
     for p in frozen:
         p.requires_grad_(False)
     groups = []
@@ -150,33 +156,58 @@ def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: Calibra
                 groups.append({"params": [p], "lr": rate})
             else:
                 groups.append({"params": [p], "lr": config.lr if config else 0.0})
-    transform_params = begin_training(block) if config is not None else []
+    transform_params = begin_training(module) if config is not None else []
     for p in transform_params:
         p.requires_grad_(True)
     if transform_params:
         groups.append({"params": transform_params, "lr": config.transform_lr})
-    last = 0.0
-    try:
-        if groups and config is not None:
-            opt = torch.optim.AdamW(groups, weight_decay=0.0)
-            for _ in range(config.epochs):
-                total = 0.0
-                for i in torch.randperm(len(calls), generator=gen).tolist():
-                    loss = _mse(_run(block, calls[i], q_in[i]), targets[i], masks[i])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                last = total / len(calls)
-    finally:
+
+    def release() -> None:
         for q in quants:
             for p in q.parameters():
                 p.requires_grad_(False)
         for p in transform_params:
             p.requires_grad_(False)
-        settle(block)  # fold trained transform deltas into the weights (a no-op without any)
+        settle(module)  # fold trained transform deltas into the weights (a no-op without any)
         for p in frozen:
             p.requires_grad_(True)
+
+    return groups, release
+
+
+def train_epochs(groups: list[dict], epochs: int, n: int, gen: torch.Generator, loss_of) -> float:
+    """AdamW (weight decay 0) over ``groups`` for ``epochs`` passes over items 0..n−1 in seeded random
+    order, ``loss_of(i)`` giving item i's loss; returns the last epoch's mean loss."""
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    last = 0.0
+    for _ in range(epochs):
+        total = 0.0
+        for i in torch.randperm(n, generator=gen).tolist():
+            loss = loss_of(i)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+        last = total / n
+    return last
+
+
+def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: CalibrateQuant | None,
+                    gen) -> tuple[list, list, float]:
+    """Train ``block``'s quantizers (none when ``config`` is None); return the next fp and quantised
+    inputs and the final mean loss."""
+    with torch.no_grad():
+        set_enabled(block, False)
+        targets = [_run(block, call, h) for call, h in zip(calls, fp_in)]
+        set_enabled(block, True)
+    groups, release = trainable_groups(block, config)
+    last = 0.0
+    try:
+        if groups and config is not None:
+            last = train_epochs(groups, config.epochs, len(calls), gen,
+                                lambda i: _mse(_run(block, calls[i], q_in[i]), targets[i], masks[i]))
+    finally:
+        release()
     with torch.no_grad():
         q_out = [_run(block, call, h) for call, h in zip(calls, q_in)]
     return targets, q_out, last
@@ -228,7 +259,15 @@ class CalibrateQuantPass(PassHandler):
         batches = ctx.calibration or [example_inputs(ctx.model)]
         if not all(isinstance(b, dict) for b in batches):
             raise SurgeonError("calibrate_quant needs keyword-argument batches", fix="Pass batches as dicts")
-        losses = calibrate(ctx.model, batches, config, only={s.path for s in sites})
+        if config.loss == "kl_top":
+            from surgeon.passes.quant.calibrate_e2e import calibrate_kl_top
+
+            final = calibrate_kl_top(ctx.model, batches, config)
+            ctx.notes.append(f"end-to-end KL-Top (top {config.top_k}) over {len(batches)} batches: final mean loss "
+                             f"{final:.4g}")
+            losses = {s.path: final for s in sites}
+        else:
+            losses = calibrate(ctx.model, batches, config, only={s.path for s in sites})
         for site in sites:
             site.record = {"block": site.path, "loss": losses.get(site.path)}
         return bool(sites)

@@ -89,8 +89,10 @@ def test_regions_of_a_gqa_llama_come_from_the_graph():
     rep = heads // kv
     expected = tuple((h // rep) * hd + d for h in range(heads) for d in range(hd))
     assert vo.channel_map == expected  # o's input channel of head h reads KV head h // rep
+    assert vo.shiftable  # attention's weights sum to one: a shift of V passes to o's input
     down = described[(f"{layer}.mlp.down_proj",)]
     assert down.producer == f"{layer}.mlp.up_proj"  # linear through act(gate) · up
+    assert not down.shiftable  # act(gate) scales a shift of up per token
     assert described[("lm_head",)].producer == "model.norm"
 
 
@@ -108,7 +110,7 @@ def test_smooth_then_rotate_is_exact_on_every_zoo_model(name):
     model = surgeon.load_model(name)
     reference = copy.deepcopy(model)
     batches = [surgeon.example_inputs(model, batch=2, seq=6, seed=s) for s in range(2)]
-    surgeon.apply(model, [Smooth(), Rotate()], calibration=batches)  # the manager certifies each step ≤ 1e-5
+    surgeon.apply(model, [Smooth(shift=True), Rotate()], calibration=batches)  # each step certified ≤ 1e-5
     batch = surgeon.example_inputs(model, batch=3, seq=5, seed=9)
     before, after = output_tensors(run_model(reference, batch)), output_tensors(run_model(model, batch))
     for key, value in before.items():
@@ -186,3 +188,38 @@ def test_residual_rotation_refuses_layernorm_streams_with_the_reason():
 
     with pytest.raises(MatchError, match="LayerNorm: mean-centring"):
         surgeon.apply(surgeon.load_model("tiny-opt"), [Rotate(placement="residual")])
+
+
+def _kl_top_on(model, batches, k):
+    from surgeon.passes.equiv.stats import kl_top_loss
+    from surgeon.passes.quant.quantizers import set_enabled
+
+    total = 0.0
+    with torch.no_grad():
+        for b in batches:
+            set_enabled(model, False)
+            fp = run_model(model, b).logits
+            set_enabled(model, True)
+            total += float(kl_top_loss(fp.reshape(-1, fp.shape[-1]), run_model(model, b).logits.reshape(fp.shape[0] * fp.shape[1], -1), k=k))
+    return total / len(batches)
+
+
+def test_kl_top_calibration_trains_transforms_and_quantizers_end_to_end():
+    from surgeon.passes import CalibrateQuant
+
+    base = surgeon.load_model("tiny-llama")
+    batches = [surgeon.example_inputs(base, batch=2, seq=8, seed=s) for s in range(3)]
+    steps = [Ost(), FakeQuant(weight="int4-sym-channel-lwc", input="int4-sym-token-lwc")]
+    before = surgeon.apply(copy.deepcopy(base), steps, calibration=batches)
+    after = surgeon.apply(copy.deepcopy(base), [*steps, CalibrateQuant(loss="kl_top", top_k=50, epochs=3)],
+                          calibration=batches)
+    assert _kl_top_on(after, batches, 50) < 0.8 * _kl_top_on(before, batches, 50)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in after.modules())  # settled
+
+
+def test_kl_top_needs_logits():
+    from surgeon.passes import CalibrateQuant
+
+    with pytest.raises(SurgeonError, match="returns no logits"):
+        surgeon.apply(surgeon.load_model("tiny-bert"),
+                      [FakeQuant(weight="int4-sym-channel-lwc"), CalibrateQuant(loss="kl_top")])
