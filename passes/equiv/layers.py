@@ -42,6 +42,19 @@ class InputTransform(nn.Module):
         """The delta's parameters (empty for a fixed transform)."""
         return [p for p in self.parameters()] if self.learnable else []
 
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Drop the delta's parameters once it has been settled (all zero): the transform becomes fixed,
+        with no per-call check of the delta (after calibration, for inference and saving)."""
+        if any(p.device.type != "meta" and bool(p.any()) for p in self.parameters()):
+            raise RuntimeError("freeze() needs a settled delta: call settle(module) on the readers' module first")
+        for name in list(self._parameters):
+            delattr(self, name)
+        self.learnable = False
+        for flag in ("learn_scale", "learn_rotation", "learn_factors"):
+            if hasattr(self, flag):
+                setattr(self, flag, False)
+
     def delta_is_identity(self) -> bool:
         """True when the delta can be skipped: not training it and every parameter is zero.
 
@@ -301,6 +314,19 @@ def begin_training(module: nn.Module) -> list[nn.Parameter]:
         t.training_delta = True
         params += t.calibration_parameters()
     return params
+
+
+def freeze_learnable(module: nn.Module) -> list[str]:
+    """Freeze every learnable transform inside ``module``; returns the paths (relative to ``module``) of
+    the wrappers owning them, one per transform, for replaying the freeze on load."""
+    owners, seen = [], set()
+    for path, m in module.named_modules():
+        if isinstance(m, TransformedLinear) and m.transform.learnable and id(m.transform) not in seen:
+            seen.add(id(m.transform))
+            owners.append(path)
+    for path in owners:
+        module.get_submodule(path).transform.freeze()
+    return owners
 
 
 @torch.no_grad()

@@ -20,7 +20,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
-from surgeon.passes.equiv.layers import begin_training, learnable_transforms, settle
+from surgeon.passes.equiv.layers import begin_training, freeze_learnable, learnable_transforms, settle
 from surgeon.passes.quant.quantizers import quantizers, set_enabled
 from surgeon.pipeline.config import PassConfig
 from surgeon.pipeline.registry import Found, PassContext, PassHandler, Site, register_pass
@@ -268,9 +268,16 @@ class CalibrateQuantPass(PassHandler):
             losses = {s.path: final for s in sites}
         else:
             losses = calibrate(ctx.model, batches, config, only={s.path for s in sites})
+        # Trained transforms become fixed (their deltas were folded; the parameters are dropped), recorded
+        # for load: per trained block, or everywhere after the end-to-end KL-Top training.
         for site in sites:
-            site.record = {"block": site.path, "loss": losses.get(site.path)}
+            site.record = {"block": site.path, "loss": losses.get(site.path),
+                           "frozen": [f"{site.path}.{p}" for p in freeze_learnable(ctx.model.get_submodule(site.path))]}
+        if config.loss == "kl_top" and sites:
+            sites[0].record["frozen"] += freeze_learnable(ctx.model)
         return bool(sites)
 
     def replay(self, model, config, record) -> None:
-        """Nothing structural: the trained quantizer tensors are loaded with the weights."""
+        """Freeze the transforms this step froze; the trained tensors are loaded with the weights."""
+        for path in record.get("frozen", []):
+            model.get_submodule(path).transform.freeze()

@@ -215,6 +215,20 @@ def test_kl_top_calibration_trains_transforms_and_quantizers_end_to_end():
                           calibration=batches)
     assert _kl_top_on(after, batches, 50) < 0.8 * _kl_top_on(before, batches, 50)
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in after.modules())  # settled
+    transforms = [m.transform for m in after.modules() if isinstance(m, TransformedLinear)]
+    assert transforms and not any(t.learnable or list(t.parameters()) for t in transforms)  # frozen
+
+
+def test_block_wise_calibration_freezes_only_the_blocks_it_trained():
+    from surgeon.passes import CalibrateQuant
+
+    model = surgeon.load_model("tiny-llama")
+    batches = [surgeon.example_inputs(model, batch=2, seq=6, seed=s) for s in range(2)]
+    surgeon.apply(model, [Flat(), FakeQuant(weight="int4-sym-channel-lwc", input="int8-sym-token"),
+                          CalibrateQuant(epochs=1, target="model.layers.0")], calibration=batches)
+    learnable = {p.split(".")[2] for p, m in model.named_modules()
+                 if isinstance(m, TransformedLinear) and m.transform.learnable}
+    assert learnable == {"1"}  # layer 0 was trained and frozen; layer 1 can still be calibrated
 
 
 def test_kl_top_needs_logits():
