@@ -72,6 +72,21 @@ def group_stats(model: nn.Module, groups: list[InputGroup], batches: list) -> li
     return stats
 
 
+def kronecker_rotation(n: int, seed: int, *, learn_scale: bool = False) -> tuple[KroneckerTransform, dict] | None:
+    """A fixed rotation Q1 ⊗ Q2 (n = n1·n2 nearest √n; each factor a random Hadamard where its order allows,
+    else random orthogonal) as a :class:`KroneckerTransform`: O(n1² + n2²) memory and O(n(n1 + n2)) work per
+    token, where a dense n × n rotation needs n² (485 MB in fp32 at d_ff = 11008). None when n is prime."""
+    from surgeon.passes.equiv.linalg import kron_factors, rotation
+
+    n1, n2 = kron_factors(n)
+    if n1 == 1:
+        return None
+    t = KroneckerTransform(n1, n2, learn_scale=learn_scale)
+    t.m1.copy_(rotation(n1, seed=seed)[0].float())
+    t.m2.copy_(rotation(n2, seed=seed + 1)[0].float())
+    return t, {"cls": "kron", "n1": n1, "n2": n2, "learnable": False, "learn_scale": learn_scale}
+
+
 def reader_weights(model: nn.Module, readers: tuple[str, ...]) -> torch.Tensor:
     """The readers' weights stacked as (Σ out, n) in float64 (for weight statistics)."""
     return torch.cat([linear_view(model.get_submodule(r)).weight().detach().double() for r in readers])

@@ -5,7 +5,8 @@ Each input group gets one orthogonal T: a randomised Hadamard when the width is 
 matrix. Readers hold W·T (T⁻ᵀ = T), and the activation is rotated online before them, so quantizers
 inserted later by ``fake_quant`` see rotated (outlier-spread) inputs. ``learnable: true`` adds a Cayley
 delta that ``calibrate_quant`` trains (SpinQuant's R, here per group and block-wise rather than with the
-end-to-end LM loss).
+end-to-end LM loss). Groups wider than ``dense_up_to`` (2048) take a Kronecker-structured rotation
+Q1 ⊗ Q2 instead of a dense n × n matrix (see :func:`~.common.kronecker_rotation`), unless learnable.
 
 ``placement: residual`` is QuaRot proper for pre-norm RMSNorm models: the stream norms are folded and the
 residual stream is rotated by one random Hadamard fused into the embedding, the stream's writers and the
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from surgeon.errors import RecipeError
-from surgeon.passes.equiv.common import EquivPass
+from surgeon.passes.equiv.common import EquivPass, kronecker_rotation
 from surgeon.passes.equiv.layers import DenseTransform
 from surgeon.passes.equiv.linalg import random_orthogonal, rotation
 from surgeon.passes.equiv.residual import replay_residual, residual_plan, rotate_residual
@@ -37,13 +38,16 @@ class Rotate(PassConfig):
     kind: Literal["hadamard", "orthogonal"] = "hadamard"
     placement: Literal["online", "residual"] = "online"
     learnable: bool = False
+    dense_up_to: int = 2048
     seed: int = 0
     exclude: tuple[str, ...] = ("embeddings", "head")
 
     def check(self) -> None:
-        """``seed`` is non-negative."""
-        if self.seed < 0:
-            raise RecipeError(f"option `seed` of pass `rotate` must be ≥ 0, got {self.seed}", fix="Use e.g. 0")
+        """``seed`` and ``dense_up_to`` are non-negative."""
+        for name in ("seed", "dense_up_to"):
+            if getattr(self, name) < 0:
+                raise RecipeError(f"option `{name}` of pass `rotate` must be ≥ 0, got {getattr(self, name)}",
+                                  fix="Use e.g. 0 for seed, 2048 for dense_up_to")
 
 
 @register_pass(Rotate)
@@ -100,6 +104,11 @@ class RotatePass(EquivPass):
 
     def make_transform(self, ctx, config: Rotate, group, stats, index):
         n = group.width
+        if n > config.dense_up_to and not config.learnable:
+            structured = kronecker_rotation(n, seed=config.seed + 2 * index)
+            if structured is not None:
+                self._kinds["kronecker"] = self._kinds.get("kronecker", 0) + 1
+                return structured
         q = self._rotation(config, n, seed=config.seed + index)
         t = DenseTransform(n, learn_rotation=config.learnable)
         t.matrix.copy_(q.float())

@@ -237,3 +237,19 @@ def test_kl_top_needs_logits():
     with pytest.raises(SurgeonError, match="returns no logits"):
         surgeon.apply(surgeon.load_model("tiny-bert"),
                       [FakeQuant(weight="int4-sym-channel-lwc"), CalibrateQuant(loss="kl_top")])
+
+
+@pytest.mark.parametrize("config", [Rotate(dense_up_to=32), Ost(dense_up_to=32)], ids=["rotate", "ost"])
+def test_wide_groups_take_a_kronecker_structured_rotation(config):
+    model = surgeon.load_model("tiny-qwen2")
+    reference = copy.deepcopy(model)
+    batches = [surgeon.example_inputs(model, batch=2, seq=6, seed=s) for s in range(2)]
+    surgeon.apply(model, [config], calibration=batches)  # certified exact
+    transforms = [m.transform for m in model.modules() if isinstance(m, TransformedLinear)]
+    assert transforms and all(isinstance(t, KroneckerTransform) for t in transforms)
+    for t in transforms:  # O(n1² + n2²) numbers, not n²
+        assert t.m1.numel() + t.m2.numel() < t.n * t.n // 2
+        assert t.learnable == isinstance(config, Ost)  # ost keeps a learnable scale there
+    batch = surgeon.example_inputs(model, batch=2, seq=5, seed=3)
+    a, b = run_model(reference, batch).logits, run_model(model, batch).logits
+    assert float((a - b).norm() / a.norm()) <= 1e-5
