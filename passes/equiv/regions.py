@@ -93,7 +93,7 @@ def linear_paths(model: nn.Module) -> list[str]:
     return out
 
 
-def _record_inputs(model: nn.Module, run, paths: list[str], outputs: list[str] = ()) -> tuple[dict, dict]:
+def record_io(model: nn.Module, run, paths: list[str], outputs: list[str] = ()) -> tuple[dict, dict]:
     """Run ``run()`` once; the first input of each module in ``paths`` and output of each in ``outputs``."""
     inputs, outs, handles = {}, {}, []
 
@@ -122,12 +122,13 @@ def _record_inputs(model: nn.Module, run, paths: list[str], outputs: list[str] =
     return inputs, outs
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def token_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (..., C) as (tokens, C)."""
     return x.reshape(-1, x.shape[-1])
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.shape[-1] == b.shape[-1] and a.numel() == b.numel() and torch.equal(_rows(a), _rows(b))
+    return a.shape[-1] == b.shape[-1] and a.numel() == b.numel() and torch.equal(token_rows(a), token_rows(b))
 
 
 def _groups_by_value(inputs: dict[str, torch.Tensor], order: list[str]) -> list[list[str]]:
@@ -152,7 +153,7 @@ def find_regions(model: nn.Module, cap: Capture, *, probe_producers: bool = True
     """Every input group of ``model`` with its producer (see the module docstring)."""
     order = linear_paths(model)
     norms = [p for p, m in model.named_modules() if p and norm_info(m) is not None]
-    inputs, norm_out = _record_inputs(model, _runner(model, cap.inputs), order, norms)
+    inputs, norm_out = record_io(model, _runner(model, cap.inputs), order, norms)
     foldable_norms = {s.path: set(s.readers) for s in norm_sites(cap)[0]}
     edges, shiftable = _linear_edges(model, cap, order) if probe_producers else ({}, set())
     groups = []
@@ -186,17 +187,6 @@ def _classify(readers, width, inputs, norm_out, foldable_norms, edges, shiftable
 
 
 # ------------------------------------------------------------------------------ linear producer probes
-
-
-def block_of(path: str, cap: Capture) -> str | None:
-    """The innermost captured scope instance (with a recorded call) that strictly contains ``path``."""
-    parts = path.split(".")
-    for i in range(len(parts) - 1, 0, -1):
-        candidate = ".".join(parts[:i])
-        scope = cap.scope_at(candidate)
-        if scope is not None and candidate in cap.calls and scope.kind != "model":
-            return candidate
-    return None
 
 
 def _block_root(path: str, cap: Capture) -> str | None:
@@ -250,14 +240,14 @@ def _probe_block(model, cap, root: str, members: list[str]) -> tuple[dict[str, d
             for h in handles:
                 h.remove()
 
-    base_inputs, _ = _record_inputs(block, lambda: run(), rel)
-    base_out = _first_tensor(run())
+    base_inputs, _ = record_io(block, lambda: run(), rel)
+    base_out = first_tensor(run())
     found: dict[str, dict[str, tuple[int, ...]]] = {}
     shifts: set[str] = set()
     for producer in rel:
         out_features = linear_view(block.get_submodule(producer)).out_features
         s = _signed_factors(out_features, base_out.dtype, base_out.device)
-        scaled_inputs, _ = _record_inputs(block, lambda: run([("out", producer, _scale_output(s))]), rel)
+        scaled_inputs, _ = record_io(block, lambda: run([("out", producer, _scale_output(s))]), rel)
         targets = {}
         for reader in rel:
             if reader == producer or reader not in scaled_inputs or reader not in base_inputs:
@@ -272,7 +262,8 @@ def _probe_block(model, cap, root: str, members: list[str]) -> tuple[dict[str, d
     return found, shifts
 
 
-def _first_tensor(out):
+def first_tensor(out):
+    """The first tensor in a module's output (a block returns a tensor or a tuple starting with one)."""
     return next(t for t in pytree.tree_leaves(out) if torch.is_tensor(t))
 
 
@@ -298,7 +289,7 @@ def _divide_input(factors):
 
 def _channel_map(before: torch.Tensor, after: torch.Tensor, s: torch.Tensor) -> tuple[int, ...] | None:
     """The producer channel behind each reader input channel when ``after`` = ``before`` · s[map] exactly."""
-    b, a = _rows(before).double(), _rows(after).double()
+    b, a = token_rows(before).double(), token_rows(after).double()
     if b.shape != a.shape or torch.equal(a, b):
         return None
     live = b.abs() > 1e-6 * b.abs().max().clamp_min(1e-30)
@@ -335,6 +326,6 @@ def _fold_holds(run, base_out: torch.Tensor, producer: str, s: torch.Tensor, tar
     else:
         hooks = [("out", producer, _scale_output(s))]
         hooks += [("in", r, _divide_input(s[list(m)])) for r, m in targets.items()]
-    out = _first_tensor(run(hooks))
+    out = first_tensor(run(hooks))
     err = (out.double() - base_out.double()).norm() / base_out.double().norm().clamp_min(1e-30)
     return float(err) <= FOLD_RTOL

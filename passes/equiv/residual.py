@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from surgeon.capture import Capture, join
-from surgeon.passes.equiv.regions import _first_tensor, _record_inputs, _rows, linear_paths
+from surgeon.passes.equiv.regions import first_tensor, record_io, token_rows, linear_paths
 from surgeon.patterns import linear_view, norm_sites
 from surgeon.patterns.structure import norm_info
 
@@ -94,7 +94,7 @@ def _probe_stream(model, cap, block_path: str) -> tuple[list[str], list[str]]:
         handle = block.get_submodule(path).register_forward_hook(hook) if hook else None
         try:
             with torch.no_grad():
-                return _first_tensor(block(*call.args, **call.kwargs))
+                return first_tensor(block(*call.args, **call.kwargs))
         finally:
             if handle:
                 handle.remove()
@@ -112,7 +112,7 @@ def _probe_stream(model, cap, block_path: str) -> tuple[list[str], list[str]]:
 
     handles = [block.get_submodule(p).register_forward_hook(keep(p)) for p in members]
     try:
-        norm_inputs, _ = _record_inputs(block, lambda: run(), norms)
+        norm_inputs, _ = record_io(block, lambda: run(), norms)
     finally:
         for h in handles:
             h.remove()
@@ -145,17 +145,17 @@ def _probe_stream(model, cap, block_path: str) -> tuple[list[str], list[str]]:
 
 
 def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
-    a, b = _rows(a).double(), _rows(b).double()
+    a, b = token_rows(a).double(), token_rows(b).double()
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max().clamp_min(1e-12)))
 
 
 def _final_norms(model, cap, last_block: str, sites: dict) -> list[tuple[str, tuple[str, ...]]]:
     """Norms outside the blocks whose input equals the last block's output."""
-    last = _first_tensor(cap.calls[last_block].output)
+    last = first_tensor(cap.calls[last_block].output)
     candidates = [p for p in sites if not any(p.startswith(b + ".") for b in _blocks(model, cap))]
     if not candidates:
         return []
-    inputs, _ = _record_inputs(model, _model_runner(model, cap), candidates)
+    inputs, _ = record_io(model, _model_runner(model, cap), candidates)
     return [(p, sites[p]) for p, x in inputs.items() if x.shape == last.shape and torch.equal(x, last)]
 
 
