@@ -171,3 +171,28 @@ def test_per_group_numerators_are_left_with_the_right_reason():
     assert rational_reason(GroupRational(16, groups=4)) is None
     reason = rational_reason(GroupRational(16, groups=4, per_group_numerator=True))
     assert reason is not None and "one per group" in reason
+
+
+def test_lowered_static_fake_quant_is_bit_identical_to_the_layers():
+    # The op rounds x·(1/Δ) like the layers (not x/Δ, which flips values within an ulp of a rounding
+    # boundary); int4 per-group weights over many rows are where a flip would show.
+    model = surgeon.apply(surgeon.load_model("tiny-llama"), [FakeQuant(weight="int4-sym-g16", input="int8-sym-token")])
+    reference = copy.deepcopy(model)
+    surgeon.apply(model, [Lower()])
+    batch = surgeon.example_inputs(model, batch=3, seq=9, seed=5)
+    assert torch.equal(run_model(model, batch).logits, run_model(reference, batch).logits)
+
+
+def test_fake_quant_op_rounds_like_the_layers_where_division_would_not():
+    from surgeon.passes.quant import formats
+    from surgeon.kernels.fake_quant.reference import fake_quant_reference
+
+    gen = torch.Generator().manual_seed(0)
+    step = torch.rand(4096, 1, generator=gen) * 0.3 + 0.01
+    x = (torch.randint(-8, 8, (4096, 256), generator=gen) + 0.5) * step  # on half-grid points, ± rounding
+    x = x * (1 + (torch.rand(x.shape, generator=gen) - 0.5) * 1e-6)
+    divided = torch.round(x / step) != torch.round(x * (1.0 / step))
+    assert divided.any()  # inputs where x/Δ and x·(1/Δ) round differently exist, so this test can fail
+    layer = formats.fake_uniform(x, step, torch.zeros_like(step), -8, 7)
+    op = fake_quant_reference(x, step, torch.zeros_like(step), 256, -8, 7)
+    assert torch.equal(op, layer)
