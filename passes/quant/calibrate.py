@@ -20,6 +20,7 @@ from torch import nn
 
 from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
+from surgeon.passes.equiv.effect import TransformEffect, effect_line
 from surgeon.passes.equiv.layers import begin_training, freeze_learnable, learnable_transforms, settle
 from surgeon.passes.quant.quantizers import quantizers, set_enabled
 from surgeon.pipeline.config import PassConfig
@@ -193,13 +194,16 @@ def train_epochs(groups: list[dict], epochs: int, n: int, gen: torch.Generator, 
 
 
 def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: CalibrateQuant | None,
-                    gen) -> tuple[list, list, float]:
+                    gen, effects: list | None = None) -> tuple[list, list, float]:
     """Train ``block``'s quantizers (none when ``config`` is None); return the next fp and quantised
-    inputs and the final mean loss."""
+    inputs and the final mean loss. Statistics of trained transforms are appended to ``effects``."""
+    effect = TransformEffect(block) if config is not None and effects is not None else None
     with torch.no_grad():
         set_enabled(block, False)
         targets = [_run(block, call, h) for call, h in zip(calls, fp_in)]
         set_enabled(block, True)
+    if effect is not None:
+        effect.stop()
     groups, release = trainable_groups(block, config)
     last = 0.0
     try:
@@ -208,12 +212,15 @@ def calibrate_block(block: nn.Module, calls, fp_in, q_in, masks, config: Calibra
                                 lambda i: _mse(_run(block, calls[i], q_in[i]), targets[i], masks[i]))
     finally:
         release()
+    if effect is not None:
+        effects += effect.finish()
     with torch.no_grad():
         q_out = [_run(block, call, h) for call, h in zip(calls, q_in)]
     return targets, q_out, last
 
 
-def calibrate(model: nn.Module, batches: list, config: CalibrateQuant, only: set[str] | None = None) -> dict[str, float]:
+def calibrate(model: nn.Module, batches: list, config: CalibrateQuant, only: set[str] | None = None,
+              effects: list | None = None) -> dict[str, float]:
     """Block-wise reconstruction over ``batches``; returns each trained block's final mean loss.
 
     ``only`` limits training to those block paths; the other blocks still propagate both inputs.
@@ -232,7 +239,7 @@ def calibrate(model: nn.Module, batches: list, config: CalibrateQuant, only: set
     for path in paths:
         train = only is None or path in only
         fp_in, q_in, loss = calibrate_block(model.get_submodule(path), calls, fp_in, q_in, masks,
-                                            config if train else None, gen)
+                                            config if train else None, gen, effects)
         if train:
             losses[path] = loss
     model.train(was_training)
@@ -267,7 +274,11 @@ class CalibrateQuantPass(PassHandler):
                              f"{final:.4g}")
             losses = {s.path: final for s in sites}
         else:
-            losses = calibrate(ctx.model, batches, config, only={s.path for s in sites})
+            effects: list = []
+            losses = calibrate(ctx.model, batches, config, only={s.path for s in sites}, effects=effects)
+            line = effect_line(effects)
+            if line:
+                ctx.notes.append(line)
         # Trained transforms become fixed (their deltas were folded; the parameters are dropped), recorded
         # for load: per trained block, or everywhere after the end-to-end KL-Top training.
         for site in sites:

@@ -253,3 +253,14 @@ def test_wide_groups_take_a_kronecker_structured_rotation(config):
     batch = surgeon.example_inputs(model, batch=2, seq=5, seed=3)
     a, b = run_model(reference, batch).logits, run_model(model, batch).logits
     assert float((a - b).norm() / a.norm()) <= 1e-5
+
+
+def test_calibration_reports_what_training_did_to_the_transformed_activations():
+    from surgeon.passes import CalibrateQuant
+
+    model = surgeon.load_model("tiny-llama")
+    batches = [surgeon.example_inputs(model, batch=4, seq=40, seed=s) for s in range(2)]  # tokens > channels
+    surgeon.apply(model, [Ost(), FakeQuant(weight="int4-sym-channel-lwc", input="int4-sym-token-lwc"),
+                          CalibrateQuant(epochs=1)], calibration=batches)
+    line = next(n for n in surgeon.report(model)[-1].notes if n.startswith("learnable transforms (8)"))
+    assert "qsur_per_dim" in line and line.count("→") == 2 + 6  # header, then three statistics × 2 arrows
