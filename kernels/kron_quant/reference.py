@@ -5,7 +5,9 @@ computed per token as Y_t = P1ᵀ·(X_t·P2) with X_t = x_t.reshape(n1, n2), the
 token is then fake-quantised to ``bits`` bits with the conventions of ``passes/quant`` (formats.py), so a
 FlatQuant layer built on its token quantizers computes the same numbers:
 
-    lo = clip·min_j y_j,  hi = clip·max_j y_j                        (clip ∈ (0, 1]: FlatQuant's LAC ratio)
+    lo = clip·min_j y_j,  hi = clip_hi·max_j y_j      (clip, clip_hi ∈ (0, 1]: FlatQuant's LAC ratios;
+                                                    clip_hi defaults to clip; passes/quant's LWC/LAC
+                                                    keeps one for each end)
     symmetric:  Δ = max(|lo|, |hi|) / (2^{b−1} − 1),  z = 0,            q ∈ [−2^{b−1}, 2^{b−1} − 1]
     asymmetric: Δ = (hi − lo) / (2^b − 1),            z = round(−lo/Δ), q ∈ [0, 2^b − 1]
     Δ clamped to [1e-5, 1e4];  q = clamp(round(y·(1/Δ)) + z),  ŷ = (q − z)·Δ
@@ -36,14 +38,22 @@ def kron_transform_reference(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor
     return y.reshape(x.shape)
 
 
+def check_clips(clip: float, clip_hi: float | None) -> float:
+    """Validate the clip ratios; returns the upper one (``clip`` when ``clip_hi`` is None)."""
+    clip_hi = clip if clip_hi is None else clip_hi
+    for c in (clip, clip_hi):
+        if not 0.0 < c <= 1.0:
+            raise ValueError(f"clip ratio {c} must lie in (0, 1]")
+    return clip_hi
+
+
 def kron_quant_reference(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, bits: int, symmetric: bool = True,
-                         clip: float = 1.0) -> torch.Tensor:
+                         clip: float = 1.0, clip_hi: float | None = None) -> torch.Tensor:
     """Fake-quantised y = x·(P1 ⊗ P2), per token (see the module docstring), in x's dtype."""
-    if not 0.0 < clip <= 1.0:
-        raise ValueError(f"clip ratio {clip} must lie in (0, 1]")
+    clip_hi = check_clips(clip, clip_hi)
     y = kron_transform_reference(x, p1, p2)
     lo = clip * y.amin(-1, keepdim=True)
-    hi = clip * y.amax(-1, keepdim=True)
+    hi = clip_hi * y.amax(-1, keepdim=True)
     if symmetric:
         qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         step = (torch.maximum(lo.abs(), hi.abs()) / qmax).clamp(SCALE_MIN, SCALE_MAX)

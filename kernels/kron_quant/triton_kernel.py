@@ -29,8 +29,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ..rounding import round_half_even
-from .reference import kron_transform_reference
+from ..rounding import mul_rn, round_half_even
+from .reference import check_clips, kron_transform_reference
 
 TOKENS = 16  # tokens per program: P1 and P2 are read once per TOKENS tokens
 FUSED_UP_TO = 64 * 64  # padded n1·n2 tiles up to this run fused; larger ones do not fit shared memory
@@ -39,7 +39,7 @@ SCALE_MAX = tl.constexpr(1e4)
 
 
 @triton.jit
-def _kron_quant(x_ptr, p1_ptr, p2_ptr, y_ptr, n_rows, n1, n2, tokens, clip, qmin, qmax,
+def _kron_quant(x_ptr, p1_ptr, p2_ptr, y_ptr, n_rows, n1, n2, tokens, clip, clip_hi, qmin, qmax,
                 SYMMETRIC: tl.constexpr, N1P: tl.constexpr, N2P: tl.constexpr, PRECISION: tl.constexpr,
                 TRANSFORM: tl.constexpr):
     # TRANSFORM=False: x already holds the float32 transform (large tiles); only quantise it.
@@ -67,7 +67,7 @@ def _kron_quant(x_ptr, p1_ptr, p2_ptr, y_ptr, n_rows, n1, n2, tokens, clip, qmin
         else:
             y = x
         lo = clip * tl.min(tl.min(tl.where(tile_ok, y, float("inf")), 1), 0)
-        hi = clip * tl.max(tl.max(tl.where(tile_ok, y, float("-inf")), 1), 0)
+        hi = clip_hi * tl.max(tl.max(tl.where(tile_ok, y, float("-inf")), 1), 0)
         if SYMMETRIC:
             step = tl.maximum(tl.abs(lo), tl.abs(hi)) / qmax
             step = tl.minimum(tl.maximum(step, SCALE_MIN), SCALE_MAX)
@@ -76,12 +76,12 @@ def _kron_quant(x_ptr, p1_ptr, p2_ptr, y_ptr, n_rows, n1, n2, tokens, clip, qmin
             step = tl.minimum(tl.maximum((hi - lo) / qmax, SCALE_MIN), SCALE_MAX)
             zero = round_half_even(tl.div_rn(-lo, step))
         inv = tl.div_rn(1.0, step)
-        q = tl.minimum(tl.maximum(round_half_even(y * inv) + zero, qmin), qmax)
+        q = tl.minimum(tl.maximum(round_half_even(mul_rn(y, inv)) + zero, qmin), qmax)
         tl.store(y_ptr + base + offs, ((q - zero) * step).to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def kron_quant_forward(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, bits: int, symmetric: bool = True,
-                       clip: float = 1.0, *, tokens: int = TOKENS, precision: str | None = None,
+                       clip: float = 1.0, clip_hi: float | None = None, *, tokens: int = TOKENS, precision: str | None = None,
                        num_warps: int | None = None, num_stages: int | None = None, fused: bool | None = None,
                        out: torch.Tensor | None = None) -> torch.Tensor:
     """Fake-quantised x·(P1 ⊗ P2) per token by the Triton kernel; ``out`` (contiguous) is written when given.
@@ -92,8 +92,7 @@ def kron_quant_forward(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, bits
     width = x.shape[-1]
     if width != n1 * n2:
         raise ValueError(f"width {width} is not n1·n2 = {n1}·{n2}")
-    if not 0.0 < clip <= 1.0:
-        raise ValueError(f"clip ratio {clip} must lie in (0, 1]")
+    clip_hi = check_clips(clip, clip_hi)
     if not 2 <= bits <= 16:
         raise ValueError(f"bits {bits} must lie in [2, 16]")
     x2d = x.reshape(-1, width).contiguous()
@@ -108,7 +107,7 @@ def kron_quant_forward(x: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, bits
         num_warps = 4 if n1p * n2p <= 4096 else 8
     src = x2d if fused else kron_transform_reference(x2d, p1, p2)
     _kron_quant[(triton.cdiv(n_rows, tokens),)](
-        src, p1.contiguous(), p2.contiguous(), y, n_rows, n1, n2, tokens, float(clip), float(qmin), float(qmax),
+        src, p1.contiguous(), p2.contiguous(), y, n_rows, n1, n2, tokens, float(clip), float(clip_hi), float(qmin), float(qmax),
         SYMMETRIC=symmetric, N1P=n1p, N2P=n2p, PRECISION=precision, TRANSFORM=fused, num_warps=num_warps,
         **({} if num_stages is None else {"num_stages": num_stages}))
     return y.reshape(x.shape)

@@ -17,6 +17,8 @@ from torch import nn
 import surgeon.kernels.bspline_basis.op  # noqa: F401  (registers surgeon::bspline_basis)
 import surgeon.kernels.fake_quant.op  # noqa: F401  (registers surgeon::fake_quant*)
 import surgeon.kernels.group_rational.op  # noqa: F401  (registers surgeon::group_rational)
+import surgeon.kernels.kron_quant.op  # noqa: F401  (registers surgeon::kron_quant)
+from surgeon.passes.equiv.layers import TransformedLinear
 from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
 from surgeon.passes.quant import formats as F
 from surgeon.passes.quant.quantizers import Quantizer
@@ -162,3 +164,29 @@ class LoweredQuantizer(Quantizer):
         y = static_fake_quant(x2, step.reshape(1, 1).expand(rows, 1), zero.reshape(1, 1).expand(rows, 1), width,
                               self.qmin, self.qmax)
         return y.reshape(x.shape)
+
+
+def lac_clips(quant: Quantizer) -> tuple[float, float]:
+    """(lower, upper) clip ratios of a dynamic per-token quantizer: ``rtn``'s fixed ratio, or LWC/LAC's σ(l), σ(u)."""
+    if quant.spec.mode == "lwc":
+        return float(torch.sigmoid(quant.lower.detach())), float(torch.sigmoid(quant.upper.detach()))
+    ratio = float(quant.clip)
+    return ratio, ratio
+
+
+class LoweredKronLinear(TransformedLinear):
+    """A FlatQuant layer (Kronecker transform before a QuantLinear with a per-token input quantizer) whose
+    transform and input quantisation are one ``surgeon::kron_quant`` call; the weight path is the layer's own.
+
+    Computes x/s (the transform's diagonal) in torch, then x·(P1 ⊗ P2) and the per-token fake quantisation
+    in the op, then the QuantLinear's matmul with its (fake-quantised) weight and its output quantizer.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t, linear = self.transform, self.linear
+        quant = linear.input_quant
+        lo, hi = lac_clips(quant)
+        xs = x / t.scale.to(x.dtype)
+        y = torch.ops.surgeon.kron_quant(xs, t.m1, t.m2, quant.spec.bits, quant.spec.symmetric, lo, hi)
+        out = TF.linear(y, linear.quantised_weight(), linear.bias)
+        return out if linear.output_quant is None else linear.output_quant(out)

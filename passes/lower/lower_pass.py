@@ -22,7 +22,7 @@ class Lower(PassConfig):
     """Options of ``lower``: ``ops``, the table rows to apply (default: all)."""
 
     pass_name = "lower"
-    ops: tuple[str, ...] = ("group_rational", "bspline_basis", "fake_quant")
+    ops: tuple[str, ...] = ("group_rational", "bspline_basis", "fake_quant", "kron_quant")
 
     def check(self) -> None:
         """Every name in ``ops`` is a table row, and there is at least one."""
@@ -35,22 +35,28 @@ class Lower(PassConfig):
 
 @register_pass(Lower)
 class LowerPass(PassHandler):
-    """Swaps GroupRational, B-spline KAN layers and integer quantizers for modules calling
-    surgeon::group_rational / bspline_basis / fake_quant."""
+    """Swaps GroupRational, B-spline KAN layers, integer quantizers and FlatQuant layers for modules calling
+    surgeon::group_rational / bspline_basis / fake_quant / kron_quant."""
 
     preserves = "exact"
     paper = "KAT (Yang & Wang, ICLR 2025) group-rational kernels; LSQ / OmniQuant fake quantisation"
     summary = "Lower layers created by kan / fake_quant to surgeon:: Triton ops (torch references on CPU)."
-    site_kind = "GroupRational, B-spline KAN layer or Quantizer module"
+    site_kind = "GroupRational, B-spline KAN layer, Quantizer or FlatQuant layer"
 
     def find(self, ctx: PassContext, config: Lower) -> Found:
         rows = [row_named(name) for name in config.ops]
         sites, skipped = [], []
+        fused: dict[str, str] = {}  # input quantizers a kron_quant site computes, → that site
         for path, module in ctx.model.named_modules():
+            if path in fused:
+                skipped.append((path, f"computed by the surgeon::kron_quant of {fused[path]}"))
+                continue
             for row in rows:
                 if isinstance(module, row.kinds):
                     if row.check(module):
                         sites.append(Site(path, path, data=row.name))
+                        if row.name == "kron_quant":
+                            fused[f"{path}.linear.input_quant"] = path
                     else:
                         skipped.append((path, row.reason(module)))
                     break

@@ -15,8 +15,9 @@ from torch import nn
 
 from surgeon.passes.kan.layers import BSplineKANLinear, GroupBSpline, GroupRational
 from surgeon.kernels.bspline_basis.triton_kernel import MAX_ORDER
+from surgeon.passes.equiv.layers import TransformedLinear
 from surgeon.passes.lower.layers import (LoweredBSplineKANLinear, LoweredGroupBSpline, LoweredGroupRational,
-                                         LoweredQuantizer, share)
+                                         LoweredKronLinear, LoweredQuantizer, share)
 from surgeon.passes.quant.quantizers import Quantizer
 
 
@@ -101,6 +102,28 @@ def quantizer_reason(module: nn.Module) -> str | None:
     return None
 
 
+def kron_reason(module: nn.Module) -> str | None:
+    """Why a :class:`TransformedLinear` cannot become a :class:`LoweredKronLinear` (None when it can)."""
+    from surgeon.passes.equiv.layers import KroneckerTransform
+    from surgeon.passes.quant.layers import QuantLinear
+
+    if isinstance(module, LoweredKronLinear):
+        return "already lowered"
+    t, linear = module.transform, module.linear
+    if not isinstance(t, KroneckerTransform):
+        return f"{type(t).__name__}: only Kronecker (FlatQuant) transforms have a surgeon:: op"
+    if t.learnable:
+        return "the transform is still learnable (run calibrate_quant first: it folds and freezes it)"
+    if not isinstance(linear, QuantLinear) or linear.input_quant is None:
+        return "no input quantizer after the transform: surgeon::kron_quant fuses the two"
+    s = linear.input_quant.spec
+    if s.fmt != "int" or s.granularity != "token" or s.mode not in ("rtn", "lwc"):
+        return f"input quantizer {s.text()}: surgeon::kron_quant quantises per token on an integer grid (rtn or LAC)"
+    if t.m1.dtype != torch.float32 or linear.weight.dtype != torch.float32:
+        return "not float32: the layer computes in its dtype, the op in float32"
+    return None
+
+
 ROWS: tuple[Row, ...] = (
     Row("group_rational", (GroupRational,),
         lambda m: rational_reason(m) is None, lambda m: share(m, LoweredGroupRational), rational_reason),
@@ -108,6 +131,8 @@ ROWS: tuple[Row, ...] = (
         lambda m: bspline_reason(m) is None, lambda m: share(m, _BSPLINE_LOWERED[type(m)]), bspline_reason),
     Row("fake_quant", (Quantizer,),
         lambda m: quantizer_reason(m) is None, lambda m: share(m, LoweredQuantizer), quantizer_reason),
+    Row("kron_quant", (TransformedLinear,),
+        lambda m: kron_reason(m) is None, lambda m: share(m, LoweredKronLinear), kron_reason),
 )
 
 

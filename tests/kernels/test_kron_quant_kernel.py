@@ -117,3 +117,26 @@ def test_bad_arguments_name_the_problem():
         kron_quant_forward(x, p1, p1, 4)
     with pytest.raises(ValueError, match="clip ratio"):
         kron_quant_reference(x, p1, p2, 4, True, 1.5)
+
+
+def test_separate_lower_and_upper_clips_match_the_reference():
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(9, 48, generator=gen)
+    p1, p2 = torch.randn(6, 6, generator=gen), torch.randn(8, 8, generator=gen)
+    for symmetric in (True, False):
+        want = kron_quant_reference(x, p1, p2, 4, symmetric, 0.7, 0.95)
+        assert not torch.equal(want, kron_quant_reference(x, p1, p2, 4, symmetric, 0.7))  # clip_hi matters
+        out = torch.full_like(x, float("nan"))
+        got = kron_quant_forward(x, p1, p2, 4, symmetric, 0.7, 0.95, fused=False, out=out)  # exact path
+        assert not out.isnan().any() and torch.equal(got, want)
+        # the reference itself: lo = 0.7·min, hi = 0.95·max of y = x·(P1 ⊗ P2), per token
+        y = x @ torch.kron(p1, p2)
+        lo, hi = 0.7 * y.amin(-1, keepdim=True), 0.95 * y.amax(-1, keepdim=True)
+        if symmetric:
+            step = torch.maximum(lo.abs(), hi.abs()) / 7
+            q = torch.clamp(torch.round(y * (1 / step)), -8, 7) * step
+        else:
+            step = (hi - lo) / 15
+            zero = torch.round(-lo / step)
+            q = (torch.clamp(torch.round(y * (1 / step)) + zero, 0, 15) - zero) * step
+        torch.testing.assert_close(want, q, rtol=0, atol=float(step.max()) * 1.01)

@@ -196,3 +196,33 @@ def test_fake_quant_op_rounds_like_the_layers_where_division_would_not():
     layer = formats.fake_uniform(x, step, torch.zeros_like(step), -8, 7)
     op = fake_quant_reference(x, step, torch.zeros_like(step), 256, -8, 7)
     assert torch.equal(op, layer)
+
+
+def test_flatquant_layers_lower_to_kron_quant_bit_identically():
+    from surgeon.passes import CalibrateQuant, Flat
+    from surgeon.passes.lower.layers import LoweredKronLinear
+
+    base = surgeon.load_model("tiny-llama")
+    batches = [surgeon.example_inputs(base, batch=2, seq=6, seed=s) for s in range(2)]
+    model = surgeon.apply(base, [Flat(), FakeQuant(weight="int4-sym-channel-lwc", input="int4-asym-token-lwc"),
+                                 CalibrateQuant(epochs=1)], calibration=batches)
+    clips = {(float(torch.sigmoid(q.lower.detach())), float(torch.sigmoid(q.upper.detach())))
+             for p, q in model.named_modules() if p.endswith("input_quant")}
+    assert any(lo != hi for lo, hi in clips)  # LAC trained its two ends apart: the op needs both ratios
+    reference = copy.deepcopy(model)
+    surgeon.apply(model, [Lower()])
+    lowered = [m for m in model.modules() if isinstance(m, LoweredKronLinear)]
+    assert len(lowered) == 14
+    skipped = dict(surgeon.report(model)[-1].skipped)
+    assert "computed by the surgeon::kron_quant" in skipped["model.layers.0.self_attn.q_proj.linear.input_quant"]
+    batch = surgeon.example_inputs(model, batch=3, seq=7, seed=11)
+    assert torch.equal(run_model(model, batch).logits, run_model(reference, batch).logits)
+
+
+def test_learnable_flat_layers_are_not_lowered_before_calibration():
+    from surgeon.passes import Flat
+    from surgeon.passes.lower.table import kron_reason
+
+    model = surgeon.apply(surgeon.load_model("tiny-llama"), [Flat(), FakeQuant(input="int8-sym-token")])
+    reason = kron_reason(model.get_submodule("model.layers.0.mlp.down_proj"))
+    assert reason is not None and "calibrate_quant" in reason
