@@ -22,31 +22,41 @@ class TransformEffect:
     """Samples the learnable transforms' inputs in ``module`` until :meth:`stop`; :meth:`finish` compares."""
 
     def __init__(self, module: nn.Module):
-        self.samples: dict[int, tuple[nn.Module, torch.Tensor, dict, dict]] = {}
+        self.rows: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}
+        self.before: dict[int, tuple[torch.Tensor, dict, dict]] = {}
         self.handles = [t.register_forward_pre_hook(self._grab) for t in learnable_transforms(module)]
 
     @torch.no_grad()
     def _grab(self, transform, args):
-        if id(transform) in self.samples:
-            return
-        x = args[0].detach().reshape(-1, args[0].shape[-1])[:MAX_ROWS].float()
-        qsur = len(x) > x.shape[-1]  # a covariance needs more tokens than channels
-        initial = activation_stats(transform.forward(x).float(), with_qsur=qsur)  # forward: no hook recursion
-        self.samples[id(transform)] = (transform, x, activation_stats(x, with_qsur=qsur), initial)
+        _, rows = self.rows.setdefault(id(transform), (transform, []))
+        have = sum(len(r) for r in rows)
+        if have < MAX_ROWS:
+            rows.append(args[0].detach().reshape(-1, args[0].shape[-1])[: MAX_ROWS - have].float())
 
+    @torch.no_grad()
     def stop(self) -> None:
-        """Stop sampling (the targets have been computed)."""
+        """Stop sampling (the targets have been computed) and measure the untrained transforms."""
         for h in self.handles:
             h.remove()
         self.handles = []
+        for key, (transform, rows) in self.rows.items():
+            if key in self.before or not rows:
+                continue
+            x = torch.cat(rows)
+            qsur = len(x) > x.shape[-1]  # a covariance needs more tokens than channels
+            # forward(), not __call__: no hooks, and no recursion into _grab.
+            self.before[key] = (x, activation_stats(x, with_qsur=qsur),
+                                activation_stats(transform.forward(x).float(), with_qsur=qsur))
 
     @torch.no_grad()
     def finish(self) -> list[tuple[dict, dict, dict]]:
         """(raw, initial transform, trained transform) statistics per sampled transform."""
         self.stop()
         out = []
-        for transform, x, raw, initial in self.samples.values():
-            out.append((raw, initial, activation_stats(transform.forward(x).float(), with_qsur=len(x) > x.shape[-1])))
+        for key, (x, raw, initial) in self.before.items():
+            transform = self.rows[key][0]
+            trained = activation_stats(transform.forward(x).float(), with_qsur=len(x) > x.shape[-1])
+            out.append((raw, initial, trained))
         return out
 
 
