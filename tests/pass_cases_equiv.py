@@ -19,6 +19,7 @@ CASES = [
              calibration=_batches),
     PassCase("rotate-gpt2-conv1d", "tiny-gpt2", (Rotate(),)),
     PassCase("rotate-orthogonal-vit", "tiny-vit", (Rotate(kind="orthogonal"),)),
+    PassCase("rotate-residual-centred-gpt2", "tiny-gpt2", (Rotate(placement="residual"),)),
     PassCase("rotate-residual+quant-qwen3", "tiny-qwen3",
              (Rotate(placement="residual"), FakeQuant(weight="int4-sym-channel", input="int8-sym-token"))),
     PassCase("smooth-learnable+rotate+quant-mistral", "tiny-mistral",

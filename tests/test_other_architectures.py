@@ -75,3 +75,23 @@ def test_equivalent_transforms_are_exact(name):
     before, after = output_tensors(run_model(reference, batch)), output_tensors(run_model(model, batch))
     for key, value in before.items():
         assert float((after[key] - value).norm() / value.norm()) <= 1e-5, key
+
+
+RESIDUAL_REFUSED = {"bloom": "embedding norm", "roberta": "post-norm", "distilbert": "post-norm"}
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_residual_rotation_is_exact_or_refused_with_the_reason(name):
+    from surgeon.passes import Rotate
+
+    model = _build(name)
+    if name in RESIDUAL_REFUSED:
+        with pytest.raises(MatchError, match=RESIDUAL_REFUSED[name]):
+            surgeon.apply(model, [Rotate(placement="residual")])
+        return
+    reference = copy.deepcopy(model)
+    surgeon.apply(model, [Rotate(placement="residual")])  # certified ≤ 1e-5 on the model's outputs
+    batch = surgeon.example_inputs(model, batch=3, seq=5, seed=2)
+    before, after = output_tensors(run_model(reference, batch)), output_tensors(run_model(model, batch))
+    for key, value in before.items():
+        assert float((after[key] - value).norm() / value.norm()) <= 1e-5, key

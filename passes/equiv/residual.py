@@ -10,8 +10,13 @@ final norm. Rotating it by an orthogonal Q (h ↦ h·Q) is exact when
 Writers are found per block scope without tables: a Linear whose output channels, scaled by s, change
 the block output by exactly (s − 1)·(its output) writes to the stream additively. Stream norms are the
 norms of ``norm_sites`` whose input equals the block input plus a prefix of its writers' outputs (or
-the last block's output, for the final norm). The rewritten model is certified like every exact pass;
-models where the rule does not hold (LayerNorm streams, sandwich norms) are refused with the reason.
+the last block's output, for the final norm). The embeddings are those whose outputs sum (up to a constant
+scale) to the first block's input: the token embedding and learned position embeddings. LayerNorm streams
+(GPT-2, OPT, GPT-NeoX, Falcon, Phi, ...) are first made zero-mean, as QuaRot does for OPT: embedding rows
+and writer outputs lose their channel mean, which no LayerNorm reader sees, and the LayerNorms, whose
+inputs are then zero-mean, become RMS norms. The rewritten model is certified like every exact pass;
+models where the rule does not hold (embedding norms, post-norm and sandwich-norm blocks, expert blocks)
+are refused with the reason.
 """
 
 from __future__ import annotations
@@ -29,12 +34,17 @@ from surgeon.patterns.structure import norm_info
 
 @dataclass(frozen=True)
 class ResidualPlan:
-    """What a residual rotation touches: the embedding, the stream's writers, norms and their readers."""
+    """What a residual rotation touches: the embeddings, the stream's writers, norms and their readers.
 
-    embedding: str
+    ``center``: some stream norm is a LayerNorm, so the stream is first made zero-mean (QuaRot's OPT
+    handling): embedding rows and writer outputs lose their mean over channels, which no LayerNorm reader
+    can see, and the LayerNorms, given zero-mean inputs, become RMS norms that commute with a rotation."""
+
+    embeddings: tuple[str, ...]
     writers: tuple[str, ...]
     norms: tuple[tuple[str, tuple[str, ...]], ...]  # (norm path, its Linear readers)
     width: int
+    center: bool = False
 
 
 def _blocks(model: nn.Module, cap: Capture) -> list[str]:
@@ -55,10 +65,10 @@ def residual_plan(model: nn.Module, cap: Capture) -> tuple[ResidualPlan | None, 
     if not blocks:
         return None, "no repeated blocks were found"
     width = embed.embedding_dim
-    layer_norms = [p for p, m in model.named_modules() if norm_info(m) is not None and norm_info(m).kind == "layer"]
-    if layer_norms:
-        return None, (f"{layer_norms[0]} is a LayerNorm: mean-centring does not commute with a rotation "
-                      "(QuaRot's OPT handling is not implemented)")
+    embeddings = _stream_embeddings(model, cap, blocks[0], embed, width)
+    if embeddings is None:
+        return None, ("the first block's input is not the (scaled) sum of the model's embeddings: an embedding "
+                      "norm (BLOOM) or a post-norm model (BERT), whose stream no rotation reaches unchanged")
     sites = {s.path: s.readers for s in norm_sites(cap)[0]}
     writers, norms = [], []
     for block in blocks:
@@ -75,7 +85,29 @@ def residual_plan(model: nn.Module, cap: Capture) -> tuple[ResidualPlan | None, 
     if not writers:
         return None, ("no Linear adds its output to the residual stream (each branch ends in a norm or a "
                       "non-Linear module, e.g. sandwich norms or a mixture-of-experts block)")
-    return ResidualPlan(_path_of(model, embed), tuple(writers), tuple(norms), width), ""
+    center = any(norm_info(model.get_submodule(n)).kind == "layer" for n, _ in norms)
+    return ResidualPlan(embeddings, tuple(writers), tuple(norms), width, center), ""
+
+
+def _stream_embeddings(model, cap, first_block: str, embed: nn.Embedding, width: int) -> tuple[str, ...] | None:
+    """The embeddings whose outputs, summed (and scaled by a constant, as Gemma does), are the first
+    block's input: the input embedding, plus learned position embeddings (GPT-2, OPT) where present."""
+    first = cap.calls[first_block]
+    hidden = first.args[0] if first.args else first.kwargs.get("hidden_states")
+    block_paths = _blocks(model, cap)
+    candidates = [p for p, m in model.named_modules() if isinstance(m, nn.Embedding) and m.embedding_dim == width
+                  and not any(p.startswith(b + ".") for b in block_paths)]
+    _, outs = record_io(model, _model_runner(model, cap), [], candidates)
+    main = _path_of(model, embed)
+    for chosen in (candidates, [main]):
+        if any(c not in outs for c in chosen):
+            continue
+        total = sum(outs[c].double().expand_as(hidden) for c in chosen)
+        h = hidden.double()
+        scale = float((h * total).sum() / (total * total).sum().clamp_min(1e-30))
+        if torch.allclose(h, scale * total, rtol=1e-5, atol=1e-6 * float(h.abs().max())):
+            return tuple(chosen)
+    return None
 
 
 def _path_of(model: nn.Module, module: nn.Module) -> str:
@@ -121,7 +153,9 @@ def _probe_stream(model, cap, block_path: str) -> tuple[list[str], list[str]]:
     # together with the other branch's writer, the output (parallel attention + MLP blocks).
     targets = {n: x for n, x in norm_inputs.items()}
     targets["<output>"] = base
-    candidates = [p for p in order if outputs[p].shape == hidden.shape]
+    # Same values as the stream, possibly flattened to (tokens, d) (OPT's MLP works on flat rows).
+    candidates = [p for p in order if outputs[p].shape[-1] == hidden.shape[-1] and outputs[p].numel() == hidden.numel()]
+    outputs = {p: outputs[p].reshape(hidden.shape) for p in candidates}
     stream, writers, stream_norms = hidden.detach().double(), [], []
     for n, x in targets.items():  # norms reading the block input itself
         if n != "<output>" and _equal(x, stream):
@@ -173,23 +207,39 @@ def rotate_residual(model: nn.Module, plan: ResidualPlan, q: torch.Tensor) -> di
     """Fold the stream norms, then rotate embedding, writers and norm readers by ``q`` (d × d, float64).
 
     Returns the replay record (the norm folds' structure)."""
-    from surgeon.passes.norm.fold import fold_one
+    from surgeon.passes.norm.fold import fold_one, replay_fold
     from surgeon.rewrite import tie_groups, untie
 
     ties = tie_groups(model)
     folds = [fold_one(model, norm, readers, ties) for norm, readers in plan.norms]
-    embed = model.get_submodule(plan.embedding)
-    q = q.to(embed.weight.device)
-    embed.weight.copy_((embed.weight.double() @ q).to(embed.weight.dtype))
+    if plan.center:  # zero-mean stream: the weightless LayerNorms are RMS norms now
+        for fold in folds:
+            if fold["kind"] == "layer":
+                fold["kind"] = "rms"
+                replay_fold(model, {**fold, "untied": [], "bias_added": []})
     untied = []
+    for path in plan.embeddings:
+        if untie(model, path, groups=ties):
+            untied.append(path)
+        embed = model.get_submodule(path)
+        e = embed.weight.double()
+        if plan.center:
+            e = e - e.mean(-1, keepdim=True)
+        q = q.to(e.device)
+        embed.weight.copy_((e @ q).to(embed.weight.dtype))
     for path in plan.writers:
         if untie(model, path, groups=ties):
             untied.append(path)
         view = linear_view(model.get_submodule(path))
         w = view.weight().detach().double()
+        if plan.center:
+            w = w - w.mean(0, keepdim=True)  # each output's mean over the d channels
         view.set_weight((q.T @ w).to(view.weight().dtype))
         if view.bias() is not None:
-            view.set_bias((view.bias().detach().double() @ q).to(view.bias().dtype))
+            b = view.bias().detach().double()
+            if plan.center:
+                b = b - b.mean()
+            view.set_bias((b @ q).to(view.bias().dtype))
     for _, readers in plan.norms:
         for path in readers:
             view = linear_view(model.get_submodule(path))

@@ -91,8 +91,9 @@ class RotatePass(EquivPass):
         if not residual:
             return []
         plan = residual[0].data
-        return [f"residual stream ({plan.width}) rotated: embedding {plan.embedding}, {len(plan.writers)} writers, "
-                f"{len(plan.norms)} norms folded with their readers"]
+        centred = ", centred (LayerNorms became RMS norms)" if plan.center else ""
+        return [f"residual stream ({plan.width}) rotated{centred}: embeddings {', '.join(plan.embeddings)}, "
+                f"{len(plan.writers)} writers, {len(plan.norms)} norms folded with their readers"]
 
     def _rotation(self, config: Rotate, n: int, seed: int):
         if config.kind == "hadamard":

@@ -183,11 +183,28 @@ def test_residual_rotation_finds_writers_and_stream_norms(name):
     assert isinstance(model.get_submodule(plan.norms[0][0]), WeightlessNorm)
 
 
-def test_residual_rotation_refuses_layernorm_streams_with_the_reason():
+def test_residual_rotation_refuses_post_norm_models_with_the_reason():
     from surgeon.errors import MatchError
 
-    with pytest.raises(MatchError, match="LayerNorm: mean-centring"):
-        surgeon.apply(surgeon.load_model("tiny-opt"), [Rotate(placement="residual")])
+    with pytest.raises(MatchError, match="post-norm model"):
+        surgeon.apply(surgeon.load_model("tiny-bert"), [Rotate(placement="residual")])
+
+
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-opt"])
+def test_residual_rotation_centres_layernorm_streams(name):
+    from surgeon.passes.equiv.residual import residual_plan
+    from surgeon.passes.norm.layers import WeightlessNorm
+
+    model = surgeon.load_model(name)
+    plan, why = residual_plan(model, capture(model))
+    assert plan is not None and plan.center and len(plan.embeddings) == 2, why  # tokens and learned positions
+    reference = copy.deepcopy(model)
+    surgeon.apply(model, [Rotate(placement="residual")])  # certified exact
+    norms = [model.get_submodule(n) for n, _ in plan.norms]
+    assert all(isinstance(n, WeightlessNorm) and n.kind == "rms" for n in norms)
+    batch = surgeon.example_inputs(model, batch=2, seq=6, seed=8)
+    a, b = run_model(reference, batch).logits, run_model(model, batch).logits
+    assert float((a - b).norm() / a.norm()) <= 1e-5
 
 
 def _kl_top_on(model, batches, k):
