@@ -16,7 +16,7 @@ import copy
 import time
 
 import torch
-from quant_minilm import DATA, batches, embed, top1
+from quant_minilm import DATA, agreement, batches, embed, top1
 
 import surgeon
 from surgeon.calibration import find_tokenizer
@@ -62,9 +62,7 @@ def main():
             continue
         t = time.perf_counter()
         model = surgeon.apply(copy.deepcopy(base), steps, calibration=calib)
-        e = embed(model, evals)
-        cos = float((e * ref).sum(1).mean())
-        agree = float((top1(e) == ref_top).float().mean())
+        cos, agree = agreement(embed(model, evals), ref, ref_top)
         print(f"| {name} | {cos:.4f} | {agree:.3f} | {time.perf_counter() - t:.1f} |", flush=True)
 
 

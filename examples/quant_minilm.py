@@ -67,6 +67,11 @@ def top1(e):
     return sim.argmax(1)
 
 
+def agreement(e: torch.Tensor, ref: torch.Tensor, ref_top: torch.Tensor) -> tuple[float, float]:
+    """(mean cosine to the fp32 embeddings, top-1 retrieval agreement) of embeddings ``e``."""
+    return float((e * ref).sum(1).mean()), float((top1(e) == ref_top).float().mean())
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=5)
@@ -99,9 +104,7 @@ def main():
         for method, steps in runs:
             t = time.perf_counter()
             model = surgeon.apply(copy.deepcopy(base), steps, calibration=calib)
-            e = embed(model, evals)
-            cos = float((e * ref).sum(1).mean())
-            agree = float((top1(e) == ref_top).float().mean())
+            cos, agree = agreement(embed(model, evals), ref, ref_top)
             print(f"| {name} | {method} | {cos:.4f} | {agree:.3f} | {time.perf_counter() - t:.1f} |", flush=True)
 
 

@@ -15,8 +15,9 @@ from surgeon.errors import SurgeonError
 from surgeon.inputs import example_inputs
 from surgeon.passes.equiv.layers import (DenseTransform, InputTransform, KroneckerTransform, ScaleTransform,
                                           TransformedLinear)
+from surgeon.passes.equiv.linalg import kron_factors, rotation
 from surgeon.passes.equiv.regions import InputGroup
-from surgeon.passes.equiv.stats import activation_stats
+from surgeon.passes.equiv.effect import stats_line, transform_effect
 from surgeon.passes.quant.fake_quant import _head_paths, excluded_by
 from surgeon.passes.quant.layers import PackedLinear, QuantLinear
 from surgeon.patterns import linear_view
@@ -76,8 +77,6 @@ def kronecker_rotation(n: int, seed: int, *, learn_scale: bool = False) -> tuple
     """A fixed rotation Q1 ⊗ Q2 (n = n1·n2 nearest √n; each factor a random Hadamard where its order allows,
     else random orthogonal) as a :class:`KroneckerTransform`: O(n1² + n2²) memory and O(n(n1 + n2)) work per
     token, where a dense n × n rotation needs n² (485 MB in fp32 at d_ff = 11008). None when n is prime."""
-    from surgeon.passes.equiv.linalg import kron_factors, rotation
-
     n1, n2 = kron_factors(n)
     if n1 == 1:
         return None
@@ -111,37 +110,12 @@ def certified_scope(model: nn.Module, group: InputGroup) -> str:
     return ".".join(common)
 
 
-STAT_KEYS = ("max_over_mean", "kurtosis", "qsur_per_dim")
-
-
-@torch.no_grad()
-def transform_effect(x: torch.Tensor, transform) -> tuple[dict, dict]:
-    """Activation statistics of a group's input sample before and after ``transform`` (x ↦ x·T)."""
-    qsur = len(x) > x.shape[-1]  # a covariance needs more tokens than channels
-    device = next(iter([*transform.buffers(), *transform.parameters()]), x).device
-    after = transform(x.to(device)).float().cpu()
-    return activation_stats(x, with_qsur=qsur), activation_stats(after, with_qsur=qsur)
-
-
-def effect_notes(effects: list[tuple[dict, dict]]) -> list[str]:
-    """One report line: each statistic's mean over the groups, before → after the transforms."""
-    if not effects:
-        return []
-    parts = []
-    for key in STAT_KEYS:
-        pairs = [(b[key], a[key]) for b, a in effects if b[key] == b[key] and a[key] == a[key]]
-        if pairs:
-            before = sum(p[0] for p in pairs) / len(pairs)
-            after = sum(p[1] for p in pairs) / len(pairs)
-            parts.append(f"{key} {before:.3g} → {after:.3g}" + (f" ({len(pairs)} groups)" if len(pairs) < len(effects) else ""))
-    return ["group input statistics, mean over groups, before → after: " + "; ".join(parts)]
-
-
 class EquivPass(PassHandler):
     """Base handler: sites are input groups (a site's path is its first reader); exact by construction.
 
     Subclasses implement ``make_transform(ctx, config, group, stats, index)`` → (transform, spec dict) and may
-    override ``eligible`` (a reason to skip a group) and ``rewrite_group`` (to fold instead of wrapping).
+    override ``eligible`` (a reason to skip a group) and ``rewrite_group`` (to fold instead of wrapping;
+    it returns the replay record and the transform the activation now goes through, or None).
     """
 
     preserves = "exact"
@@ -171,8 +145,7 @@ class EquivPass(PassHandler):
                 if entry:
                     reason = f"{r} is excluded by `exclude` entry {entry!r}"
                     break
-            if any(isinstance(ctx.model.get_submodule(r), TransformedLinear) or ".linear" in r and isinstance(
-                    ctx.model.get_submodule(r.rsplit(".", 1)[0]), TransformedLinear) for r in g.readers):
+            if any(_wrapped(ctx.model, r) for r in g.readers):
                 reason = "already transformed by an earlier pass"
             reason = reason or self.eligible(ctx.model, config, g)
             if reason:
@@ -190,11 +163,11 @@ class EquivPass(PassHandler):
         for i, (site, group, st) in enumerate(zip(sites, groups, stats)):
             for r in group.readers:
                 untie(ctx.model, r, groups=ties)
-            self.applied = None
-            site.record = self.rewrite_group(ctx, config, group, st, i)
-            if self.applied is not None:
-                effects.append(transform_effect(st.sample(), self.applied))
-        ctx.notes += self.notes(ctx, config, sites) + effect_notes(effects)
+            site.record, applied = self.rewrite_group(ctx, config, group, st, i)
+            if applied is not None:
+                effects.append(transform_effect(st.sample(), applied))
+        line = stats_line("group input statistics, mean over groups, before → after", effects, unit="groups")
+        ctx.notes += self.notes(ctx, config, sites) + ([line] if line else [])
         return bool(sites)
 
     def notes(self, ctx: PassContext, config, sites: list[Site]) -> list[str]:
@@ -202,15 +175,11 @@ class EquivPass(PassHandler):
         wrapped = sum(1 for s in sites if s.record.get("transform"))
         return [f"{len(sites)} input groups: {wrapped} online transforms, {len(sites) - wrapped} folded offline"]
 
-    def rewrite_group(self, ctx: PassContext, config, group: InputGroup, stats: GroupStats, index: int) -> dict:
-        """Build the group's transform, fold T⁻ᵀ into its readers and wrap them; returns the replay record."""
+    def rewrite_group(self, ctx: PassContext, config, group: InputGroup, stats: GroupStats,
+                      index: int) -> tuple[dict, InputTransform | None]:
+        """Build the group's transform and install it; returns (replay record, transform)."""
         transform, spec = self.make_transform(ctx, config, group, stats, index)
-        device = linear_view(ctx.model.get_submodule(group.readers[0])).weight().device
-        transform.to(device)
-        fold_into_readers(ctx.model, group.readers, transform)
-        wrap_readers(ctx.model, group.readers, transform)
-        self.applied = transform
-        return {"readers": list(group.readers), "transform": spec}
+        return install(ctx.model, group, transform, spec), transform
 
     def make_transform(self, ctx, config, group: InputGroup, stats: GroupStats, index: int):
         """(transform with its fixed part set, JSON-able constructor spec) for one group."""
@@ -229,6 +198,20 @@ class EquivPass(PassHandler):
         transform = TRANSFORMS[spec["cls"]](**kwargs)
         device = next(model.get_submodule(record["readers"][0]).parameters()).device
         wrap_readers(model, tuple(record["readers"]), transform.to(device))
+
+
+def _wrapped(model: nn.Module, reader: str) -> bool:
+    """Whether the Linear at ``reader`` is the ``linear`` of a :class:`TransformedLinear`."""
+    parent = reader.rpartition(".")[0]
+    return bool(parent) and isinstance(model.get_submodule(parent), TransformedLinear)
+
+
+def install(model: nn.Module, group: InputGroup, transform: InputTransform, spec: dict) -> dict:
+    """Move ``transform`` to the readers' device, fold T⁻ᵀ into them and wrap them; returns the replay record."""
+    transform.to(linear_view(model.get_submodule(group.readers[0])).weight().device)
+    fold_into_readers(model, group.readers, transform)
+    wrap_readers(model, group.readers, transform)
+    return {"readers": list(group.readers), "transform": spec}
 
 
 @torch.no_grad()

@@ -60,15 +60,30 @@ class TransformEffect:
         return out
 
 
-def effect_line(effects: list[tuple[dict, dict, dict]]) -> str | None:
-    """One report line: each statistic's mean over the transforms, raw → initial → trained."""
-    if not effects:
-        return None
+@torch.no_grad()
+def transform_effect(x: torch.Tensor, transform: nn.Module) -> tuple[dict, dict]:
+    """Activation statistics of a sample ``x`` (tokens, n) before and after ``transform`` (x ↦ x·T)."""
+    qsur = len(x) > x.shape[-1]  # a covariance needs more tokens than channels
+    device = next(iter([*transform.buffers(), *transform.parameters()]), x).device
+    after = transform(x.to(device)).float().cpu()
+    return activation_stats(x, with_qsur=qsur), activation_stats(after, with_qsur=qsur)
+
+
+def stats_line(header: str, effects: list[tuple[dict, ...]], unit: str | None = None) -> str | None:
+    """``header: key a → b [→ c]; ...``: each statistic's mean over ``effects`` (tuples of statistics
+    dicts, one per stage), skipping NaN entries (too few tokens for QSUR); with ``unit``, a statistic
+    averaged over fewer entries than all says over how many."""
     parts = []
     for key in KEYS:
-        rows = [e for e in effects if all(d[key] == d[key] for d in e)]  # skip NaN (too few tokens)
+        rows = [e for e in effects if all(d[key] == d[key] for d in e)]
         if rows:
-            means = [sum(r[i][key] for r in rows) / len(rows) for i in range(3)]
-            parts.append(f"{key} {means[0]:.3g} → {means[1]:.3g} → {means[2]:.3g}")
-    return (f"learnable transforms ({len(effects)}), input statistics raw → initial transform → trained: "
-            + "; ".join(parts)) if parts else None
+            means = [sum(r[i][key] for r in rows) / len(rows) for i in range(len(rows[0]))]
+            partial = f" ({len(rows)} {unit})" if unit and len(rows) < len(effects) else ""
+            parts.append(f"{key} " + " → ".join(f"{m:.3g}" for m in means) + partial)
+    return f"{header}: " + "; ".join(parts) if parts else None
+
+
+def effect_line(effects: list[tuple[dict, dict, dict]]) -> str | None:
+    """One report line: each statistic's mean over the transforms, raw → initial → trained."""
+    header = f"learnable transforms ({len(effects)}), input statistics raw → initial transform → trained"
+    return stats_line(header, effects) if effects else None

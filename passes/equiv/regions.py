@@ -32,6 +32,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from surgeon.capture import Capture, join
+from surgeon.capture.calls import record_calls
 from surgeon.patterns import linear_view, norm_sites
 from surgeon.patterns.structure import norm_info
 from surgeon.runner import call_kwargs
@@ -94,31 +95,12 @@ def linear_paths(model: nn.Module) -> list[str]:
 
 
 def record_io(model: nn.Module, run, paths: list[str], outputs: list[str] = ()) -> tuple[dict, dict]:
-    """Run ``run()`` once; the first input of each module in ``paths`` and output of each in ``outputs``."""
-    inputs, outs, handles = {}, {}, []
-
-    def pre(path):
-        def hook(module, args):
-            if path not in inputs and args and torch.is_tensor(args[0]):
-                inputs[path] = args[0].detach().clone()
-        return hook
-
-    def post(path):
-        def hook(module, args, out):
-            if path not in outs and torch.is_tensor(out):
-                outs[path] = out.detach().clone()
-        return hook
-
-    try:
-        for p in paths:
-            handles.append(model.get_submodule(p).register_forward_pre_hook(pre(p)))
-        for p in outputs:
-            handles.append(model.get_submodule(p).register_forward_hook(post(p)))
-        with torch.no_grad():
-            run()
-    finally:
-        for h in handles:
-            h.remove()
+    """Run ``run()`` once (via :func:`~surgeon.capture.calls.record_calls`); the first input of each module
+    in ``paths`` and the output of each in ``outputs``."""
+    calls = record_calls([(p, model.get_submodule(p)) for p in dict.fromkeys([*paths, *outputs])], run)
+    inputs = {p: calls[p].args[0] for p in paths
+              if p in calls and calls[p].args and torch.is_tensor(calls[p].args[0])}
+    outs = {p: calls[p].output for p in outputs if p in calls and torch.is_tensor(calls[p].output)}
     return inputs, outs
 
 
@@ -247,7 +229,7 @@ def _probe_block(model, cap, root: str, members: list[str]) -> tuple[dict[str, d
     for producer in rel:
         out_features = linear_view(block.get_submodule(producer)).out_features
         s = _signed_factors(out_features, base_out.dtype, base_out.device)
-        scaled_inputs, _ = record_io(block, lambda: run([("out", producer, _scale_output(s))]), rel)
+        scaled_inputs, _ = record_io(block, lambda: run([("out", producer, _on_output(lambda o, s=s: o * s))]), rel)
         targets = {}
         for reader in rel:
             if reader == producer or reader not in scaled_inputs or reader not in base_inputs:
@@ -275,16 +257,14 @@ def _signed_factors(n: int, dtype, device) -> torch.Tensor:
     return (mags * signs).to(dtype=dtype, device=device)
 
 
-def _scale_output(s):
-    def hook(module, args, out):
-        return out * s
-    return hook
+def _on_output(f):
+    """A forward hook replacing a module's output by ``f(output)``."""
+    return lambda module, args, out: f(out)
 
 
-def _divide_input(factors):
-    def hook(module, args):
-        return (args[0] / factors, *args[1:])
-    return hook
+def _on_input(f):
+    """A forward pre-hook replacing a module's first argument by ``f(argument)``."""
+    return lambda module, args: (f(args[0]), *args[1:])
 
 
 def _channel_map(before: torch.Tensor, after: torch.Tensor, s: torch.Tensor) -> tuple[int, ...] | None:
@@ -304,28 +284,16 @@ def _channel_map(before: torch.Tensor, after: torch.Tensor, s: torch.Tensor) -> 
     return tuple(int(i) for i in cmap)
 
 
-def _add_output(c):
-    def hook(module, args, out):
-        return out + c
-    return hook
-
-
-def _subtract_input(c):
-    def hook(module, args):
-        return (args[0] - c, *args[1:])
-    return hook
-
-
 def _fold_holds(run, base_out: torch.Tensor, producer: str, s: torch.Tensor, targets: dict,
                 additive: bool = False) -> bool:
     """The producer's output scaled by s (or, ``additive``, shifted by s) and each reader's input
     compensated leaves the block output."""
     if additive:
-        hooks = [("out", producer, _add_output(s))]
-        hooks += [("in", r, _subtract_input(s[list(m)])) for r, m in targets.items()]
+        hooks = [("out", producer, _on_output(lambda o: o + s))]
+        hooks += [("in", r, _on_input(lambda x, c=s[list(m)]: x - c)) for r, m in targets.items()]
     else:
-        hooks = [("out", producer, _scale_output(s))]
-        hooks += [("in", r, _divide_input(s[list(m)])) for r, m in targets.items()]
+        hooks = [("out", producer, _on_output(lambda o: o * s))]
+        hooks += [("in", r, _on_input(lambda x, c=s[list(m)]: x / c)) for r, m in targets.items()]
     out = first_tensor(run(hooks))
     err = (out.double() - base_out.double()).norm() / base_out.double().norm().clamp_min(1e-30)
     return float(err) <= FOLD_RTOL

@@ -65,7 +65,7 @@ def residual_plan(model: nn.Module, cap: Capture) -> tuple[ResidualPlan | None, 
     if not blocks:
         return None, "no repeated blocks were found"
     width = embed.embedding_dim
-    embeddings = _stream_embeddings(model, cap, blocks[0], embed, width)
+    embeddings = _stream_embeddings(model, cap, blocks, embed, width)
     if embeddings is None:
         return None, ("the first block's input is not the (scaled) sum of the model's embeddings: an embedding "
                       "norm (BLOOM) or a post-norm model (BERT), whose stream no rotation reaches unchanged")
@@ -78,7 +78,7 @@ def residual_plan(model: nn.Module, cap: Capture) -> tuple[ResidualPlan | None, 
         missing = [n for n in stream_norms if n not in sites]
         if missing:
             return None, f"{missing[0]} reads the residual stream but its output is not read only by Linears"
-    final = _final_norms(model, cap, blocks[-1], sites)
+    final = _final_norms(model, cap, blocks, sites)
     if not final:
         return None, "no norm with only Linear readers reads the last block's output"
     norms += final
@@ -89,14 +89,13 @@ def residual_plan(model: nn.Module, cap: Capture) -> tuple[ResidualPlan | None, 
     return ResidualPlan(embeddings, tuple(writers), tuple(norms), width, center), ""
 
 
-def _stream_embeddings(model, cap, first_block: str, embed: nn.Embedding, width: int) -> tuple[str, ...] | None:
+def _stream_embeddings(model, cap, blocks: list[str], embed: nn.Embedding, width: int) -> tuple[str, ...] | None:
     """The embeddings whose outputs, summed (and scaled by a constant, as Gemma does), are the first
     block's input: the input embedding, plus learned position embeddings (GPT-2, OPT) where present."""
-    first = cap.calls[first_block]
+    first = cap.calls[blocks[0]]
     hidden = first.args[0] if first.args else first.kwargs.get("hidden_states")
-    block_paths = _blocks(model, cap)
     candidates = [p for p, m in model.named_modules() if isinstance(m, nn.Embedding) and m.embedding_dim == width
-                  and not any(p.startswith(b + ".") for b in block_paths)]
+                  and _outside(p, blocks)]
     _, outs = record_io(model, _model_runner(model, cap), [], candidates)
     main = _path_of(model, embed)
     for chosen in (candidates, [main]):
@@ -183,10 +182,14 @@ def _equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.allclose(a, b, rtol=1e-5, atol=1e-5 * float(b.abs().max().clamp_min(1e-12)))
 
 
-def _final_norms(model, cap, last_block: str, sites: dict) -> list[tuple[str, tuple[str, ...]]]:
+def _outside(path: str, blocks: list[str]) -> bool:
+    return not any(path.startswith(b + ".") for b in blocks)
+
+
+def _final_norms(model, cap, blocks: list[str], sites: dict) -> list[tuple[str, tuple[str, ...]]]:
     """Norms outside the blocks whose input equals the last block's output."""
-    last = first_tensor(cap.calls[last_block].output)
-    candidates = [p for p in sites if not any(p.startswith(b + ".") for b in _blocks(model, cap))]
+    last = first_tensor(cap.calls[blocks[-1]].output)
+    candidates = [p for p in sites if _outside(p, blocks)]
     if not candidates:
         return []
     inputs, _ = record_io(model, _model_runner(model, cap), candidates)

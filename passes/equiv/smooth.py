@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from surgeon.errors import RecipeError, SurgeonError
-from surgeon.passes.equiv.common import EquivPass, GroupStats, fold_into_readers, reader_weights
+from surgeon.passes.equiv.common import EquivPass, GroupStats, fold_into_readers, install, reader_weights
 from surgeon.passes.equiv.layers import ScaleTransform, TransformedLinear
 from surgeon.passes.equiv.regions import InputGroup
 from surgeon.patterns import linear_view
@@ -83,7 +83,7 @@ class SmoothPass(EquivPass):
         delta = ((stats.lo + stats.hi) / 2).to(w.device) if config.shift else None
         if group.foldable and not (config.learnable or config.placement == "online"):
             if group.producer_kind == "linear":
-                s = _per_producer_channel(s, group.channel_map)
+                s = _per_producer_channel(s, group.channel_map, "amax")
             if delta is not None and not (group.shiftable and _producer_has_bias(ctx.model, group)):
                 # Nowhere to put −δ/s offline (RMSNorm, bias-less Linear), or a shift does not pass the
                 # path (act(gate)·up scales it per token): scale only.
@@ -91,7 +91,7 @@ class SmoothPass(EquivPass):
             if delta is not None and group.producer_kind == "linear":
                 # One δ per producer channel: reader channels fed by one KV channel (GQA) see different
                 # values (each query head mixes it differently), so they share the mean of their midpoints.
-                delta = _mean_per_producer_channel(delta, group.channel_map)[list(group.channel_map)]
+                delta = _per_producer_channel(delta, group.channel_map, "mean")[list(group.channel_map)]
             new_biases = shift_reader_biases(ctx.model, group.readers, delta) if delta is not None else []
             fold_scale_into_producer(ctx.model, group, s, delta)
             t = ScaleTransform(group.width, shifted=delta is not None)
@@ -99,36 +99,24 @@ class SmoothPass(EquivPass):
             if delta is not None:
                 t.shift.copy_(delta)
             fold_into_readers(ctx.model, group.readers, t)
-            self.applied = t
             return {"readers": list(group.readers), "transform": None, "producer": group.producer,
-                    "new_biases": new_biases}
+                    "new_biases": new_biases}, t
         t = ScaleTransform(group.width, learnable=config.learnable, shifted=delta is not None)
         t.scale.copy_(s.float())
         new_biases = []
         if delta is not None:
             t.shift.copy_(delta.float())
             new_biases = shift_reader_biases(ctx.model, group.readers, t.shift.double())
-        record = self._wrap(ctx, group, t, config)
-        return {**record, "new_biases": new_biases}
-
-    def _wrap(self, ctx, group, t, config) -> dict:
-        from surgeon.passes.equiv.common import wrap_readers
-
-        t.to(linear_view(ctx.model.get_submodule(group.readers[0])).weight().device)
-        fold_into_readers(ctx.model, group.readers, t)
-        wrap_readers(ctx.model, group.readers, t)
-        self.applied = t
-        return {"readers": list(group.readers),
-                "transform": {"cls": "scale", "n": group.width, "learnable": config.learnable,
-                              "shifted": hasattr(t, "shift")}}
+        spec = {"cls": "scale", "n": group.width, "learnable": config.learnable, "shifted": delta is not None}
+        return {**install(ctx.model, group, t, spec), "new_biases": new_biases}, t
 
 
-def _per_producer_channel(s: torch.Tensor, cmap: tuple[int, ...]) -> torch.Tensor:
-    """One scale per producer channel: the largest over the reader channels it feeds (GQA repeats)."""
-    out = torch.ones(max(cmap) + 1, dtype=s.dtype, device=s.device)  # channels no reader sees keep 1
-    index = torch.tensor(cmap, device=s.device)
-    out.scatter_reduce_(0, index, s, reduce="amax", include_self=False)
-    return out
+def _per_producer_channel(values: torch.Tensor, cmap: tuple[int, ...], reduce: str) -> torch.Tensor:
+    """One value per producer channel from the reader channels it feeds (GQA repeats a KV channel):
+    ``amax`` or ``mean`` of theirs; channels no reader sees get 1."""
+    index = torch.tensor(cmap, device=values.device)
+    out = torch.ones(max(cmap) + 1, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce_(0, index, values, reduce=reduce, include_self=False)
 
 
 def _producer(model, group: InputGroup):
@@ -152,13 +140,6 @@ def shift_reader_biases(model, readers: tuple[str, ...], delta: torch.Tensor) ->
             created.append(r)
         view.set_bias(w @ delta.to(w) + (old.detach().double() if old is not None else 0.0))
     return created
-
-
-def _mean_per_producer_channel(values: torch.Tensor, cmap: tuple[int, ...]) -> torch.Tensor:
-    index = torch.tensor(cmap, device=values.device)
-    total = torch.zeros(max(cmap) + 1, dtype=values.dtype, device=values.device).index_add_(0, index, values)
-    count = torch.zeros_like(total).index_add_(0, index, torch.ones_like(values))
-    return total / count.clamp_min(1)
 
 
 @torch.no_grad()

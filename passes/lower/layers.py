@@ -166,12 +166,13 @@ class LoweredQuantizer(Quantizer):
         return y.reshape(x.shape)
 
 
+@torch.no_grad()
 def lac_clips(quant: Quantizer) -> tuple[float, float]:
-    """(lower, upper) clip ratios of a dynamic per-token quantizer: ``rtn``'s fixed ratio, or LWC/LAC's σ(l), σ(u)."""
-    if quant.spec.mode == "lwc":
-        return float(torch.sigmoid(quant.lower.detach())), float(torch.sigmoid(quant.upper.detach()))
-    ratio = float(quant.clip)
-    return ratio, ratio
+    """(lower, upper) clip ratios of a dynamic per-token quantizer (``rtn``'s fixed ratio, or LWC/LAC's
+    σ(l), σ(u)): the quantizer's own ``clipped`` applied to a unit range."""
+    one = torch.ones_like(next(iter([*quant.parameters(), *quant.buffers()])))  # (1, 1) on its device
+    lo, hi = quant.clipped(one, one)
+    return float(lo), float(hi)
 
 
 class LoweredKronLinear(TransformedLinear):
