@@ -18,6 +18,7 @@ from surgeon.passes.kan.basis import bspline_basis
 from surgeon.passes.kan.layers import DEN_DEGREE, NUM_DEGREE
 
 Fn = Callable[[torch.Tensor], torch.Tensor]
+SK_ITERATIONS = 10  # re-weighted linearised solves before L-BFGS (see _rational_fit)
 
 
 
@@ -38,8 +39,9 @@ def lbfgs_minimise(params: list[torch.Tensor], loss_fn, iters: int) -> None:
 @contextmanager
 def one_thread():
     """Run the block on one intra-op thread, then restore the count. Why: the rational objective has several
-    basins and L-BFGS picks one by rounding-level differences; multi-threaded reductions (whose split can vary
-    with load) made the same fit land in different basins from run to run (measured: weighted error 41.7 or 6.0)."""
+    basins; before the SK start (see :func:`_rational_fit`) L-BFGS picked one by rounding-level differences and
+    multi-threaded reductions (whose split can vary with load) changed the result from run to run. One thread
+    keeps a fit reproducible on one machine; the SK start makes it agree across sample orders and CPUs."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -61,9 +63,10 @@ def _rational_fit(samples: torch.Tensor, target: Fn, *, iters: int, weights: tor
     ``per_group``), denominators (groups, 4).
 
     Least squares in a scaled variable t = x / s (s = max |x|), so powers up to 5 stay well conditioned:
-    first the linearised problem P(t) − f·(Q(t) − 1) = f over all samples, then L-BFGS on the true objective
-    Σ_g mean_x (P/Q_g − f)² over the numerator and every denominator (with ``per_group``, then again with the
-    numerator copied to every group and freed). ``weights`` (groups, N),
+    first the linearised problem P(t) − f·(Q(t) − 1) = f over all samples, re-solved a few times with each
+    sample's row divided by the previous Q (Sanathanan–Koerner, so it approaches the true error P/Q − f), then
+    L-BFGS on the true objective Σ_g mean_x (P/Q_g − f)² over the numerator and every denominator (with
+    ``per_group``, then again with the numerator copied to every group and freed). ``weights`` (groups, N),
     if given, weight each sample's squared error (e.g. by its channel's down-projection column norm²).
     """
     x = samples.double()
@@ -73,10 +76,13 @@ def _rational_fit(samples: torch.Tensor, target: Fn, *, iters: int, weights: tor
     tp = torch.stack([t ** i for i in range(NUM_DEGREE + 1)], -1)                  # (g, N, 6)
     at = torch.stack([t.abs() ** j for j in range(1, DEN_DEGREE + 1)], -1)        # (g, N, 4)
     w = torch.ones_like(x) if weights is None else weights.double() / weights.double().mean()
-    root = w.sqrt()[..., None]
-    design = root * torch.cat([tp, -f[..., None] * at], -1)                         # (g, N, 10)
-    rhs = root[..., 0] * f
-    sol = torch.linalg.lstsq(design.reshape(-1, design.shape[-1]), rhs.reshape(-1, 1)).solution.squeeze(1)
+    sol = _linearised_rational(tp, at, f, w.sqrt())
+    for _ in range(SK_ITERATIONS):
+        # Why: from the plain linearised start L-BFGS ended in one of several basins picked by rounding (CPU
+        # vector width, sample order), up to 7x worse; from the SK start it reached the same, lower loss for
+        # every sample order tried (tests/passes/test_kan_refine.py).
+        q = 1 + (at * sol[NUM_DEGREE + 1:].abs()).sum(-1)
+        sol = _linearised_rational(tp, at, f, w.sqrt() / q)
     alpha = sol[: NUM_DEGREE + 1].clone().requires_grad_(True)
     beta = sol[NUM_DEGREE + 1:].abs().repeat(x.shape[0], 1).clone().requires_grad_(True)
     scale = (w * f.pow(2)).mean().clamp_min(1e-12)
@@ -94,6 +100,14 @@ def _rational_fit(samples: torch.Tensor, target: Fn, *, iters: int, weights: tor
     powers_num = torch.tensor([s ** -i for i in range(NUM_DEGREE + 1)], dtype=torch.float64)
     powers_den = torch.tensor([s ** -j for j in range(1, DEN_DEGREE + 1)], dtype=torch.float64)
     return alpha.detach() * powers_num, beta.detach().abs() * powers_den
+
+
+def _linearised_rational(tp: torch.Tensor, at: torch.Tensor, f: torch.Tensor, row_weight: torch.Tensor) -> torch.Tensor:
+    """Least-squares solution (10,) of row_weight·(P(t) − f·(Q(t) − 1)) = row_weight·f over every group's samples:
+    the numerator's 6 coefficients, then the 4 denominator coefficients (signed; callers take |·|)."""
+    design = row_weight[..., None] * torch.cat([tp, -f[..., None] * at], -1)        # (g, N, 10)
+    rhs = row_weight * f
+    return torch.linalg.lstsq(design.reshape(-1, design.shape[-1]), rhs.reshape(-1, 1)).solution.squeeze(1)
 
 
 def spline_fit(samples: torch.Tensor, knots: torch.Tensor, order: int, target: Fn, *,
