@@ -20,3 +20,13 @@ def minilm():
     from surgeon.loading import load_model
 
     return load_model("minilm")
+
+
+@pytest.fixture(autouse=True)
+def _same_global_rng_per_test():
+    """Seed torch's global generator before every test, so a test that draws from it sees the same values
+    whichever tests ran before it (CI once failed a tolerance check on values drawn after a different history).
+    ``SURGEON_TEST_SEED`` changes the seed: a run with another one shows which tests only pass on lucky draws."""
+    import torch
+
+    torch.manual_seed(int(os.environ.get("SURGEON_TEST_SEED", "0")))

@@ -41,7 +41,7 @@ def one_thread():
     """Run the block on one intra-op thread, then restore the count. Why: the rational objective has several
     basins; before the SK start (see :func:`_rational_fit`) L-BFGS picked one by rounding-level differences and
     multi-threaded reductions (whose split can vary with load) changed the result from run to run. One thread
-    keeps a fit reproducible on one machine; the SK start makes it agree across sample orders and CPUs."""
+    keeps thread splits out of it; the SK start makes fits from other sample orders and CPUs land close."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

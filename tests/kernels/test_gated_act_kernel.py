@@ -114,13 +114,15 @@ def test_closed_form_backward_reference_equals_autograd(kind):
     gate, up, m = _inputs((7, 24), torch.float64, seed=3)
     m = m.double()
     coefficients = [t.double() for t in _coefficients(3, seed=4)] if kind == "rational" else []
-    grad = torch.randn(7, 24, dtype=torch.float64)
+    grad = torch.randn(7, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
     leaves = [t.clone().requires_grad_() for t in (gate, up, m, *coefficients)]
     want = torch.autograd.grad(gated_act_reference(*leaves[:3], kind, *leaves[3:]), leaves, grad)
     got = [g for g in gated_act_backward_reference(grad, gate, up, m, kind, *coefficients) if g is not None]
     assert len(got) == len(want)
     for a, b in zip(got, want):
-        assert torch.allclose(a.double(), b, rtol=1e-5, atol=1e-6)
+        # the reference computes in float32: compare by norm (a denominator gradient sums terms up to 1e2
+        # that cancel to 3e-2, so an element-wise rtol fails on float32 rounding alone)
+        assert (a.double() - b).norm() / b.norm() <= 1e-5
 
 
 def test_op_autograd_and_export_on_cpu():
