@@ -33,8 +33,9 @@ class CalibrateQuant(PassConfig):
     """Options of ``calibrate_quant``: ``epochs`` over the batches, learning rates, ``seed``.
 
     ``loss``: ``mse`` is the block-wise reconstruction above; ``kl_top`` trains every parameter at once
-    end to end on OSTQuant's KL-Top loss over the FP model's ``top_k`` next-token classes
-    (:mod:`.calibrate_e2e`; needs a model with logits).
+    end to end on OSTQuant's KL-Top loss over the FP model's ``top_k`` next-token classes (needs a model with
+    logits); ``ce`` end to end on the quantised model's next-token cross-entropy, SpinQuant's loss (needs a
+    causal LM); both in :mod:`.calibrate_e2e`.
     ``transform_lr`` is for learnable equivalent transforms (``smooth``/``rotate`` with ``learnable``,
     ``flat``, ``ost``): 2e-2, four times FlatQuant's and OmniQuant-LET's 5e-3 for the same reason as ``lr``
     (~50 steps instead of hundreds); on MiniLM's calibration sentences the block-wise losses after ``flat``
@@ -51,7 +52,7 @@ class CalibrateQuant(PassConfig):
     lr: float = 5e-2
     step_lr: float = 1e-2
     transform_lr: float = 2e-2
-    loss: Literal["mse", "kl_top"] = "mse"
+    loss: Literal["mse", "kl_top", "ce"] = "mse"
     top_k: int = 1000
     seed: int = 0
 
@@ -266,12 +267,13 @@ class CalibrateQuantPass(PassHandler):
         batches = ctx.calibration or [example_inputs(ctx.model)]
         if not all(isinstance(b, dict) for b in batches):
             raise SurgeonError("calibrate_quant needs keyword-argument batches", fix="Pass batches as dicts")
-        if config.loss == "kl_top":
-            from surgeon.passes.quant.calibrate_e2e import calibrate_kl_top
+        if config.loss in ("kl_top", "ce"):
+            from surgeon.passes.quant.calibrate_e2e import calibrate_ce, calibrate_kl_top
 
-            final = calibrate_kl_top(ctx.model, batches, config)
-            ctx.notes.append(f"end-to-end KL-Top (top {config.top_k}) over {len(batches)} batches: final mean loss "
-                             f"{final:.4g}")
+            train, what = ((calibrate_kl_top, f"KL-Top (top {config.top_k})") if config.loss == "kl_top" else
+                           (calibrate_ce, "next-token cross-entropy"))
+            final = train(ctx.model, batches, config)
+            ctx.notes.append(f"end-to-end {what} over {len(batches)} batches: final mean loss {final:.4g}")
             losses = {s.path: final for s in sites}
         else:
             effects: list = []
@@ -280,11 +282,11 @@ class CalibrateQuantPass(PassHandler):
             if line:
                 ctx.notes.append(line)
         # Trained transforms become fixed (their deltas were folded; the parameters are dropped), recorded
-        # for load: per trained block, or everywhere after the end-to-end KL-Top training.
+        # for load: per trained block, or everywhere after end-to-end training.
         for site in sites:
             site.record = {"block": site.path, "loss": losses.get(site.path),
                            "frozen": [f"{site.path}.{p}" for p in freeze_learnable(ctx.model.get_submodule(site.path))]}
-        if config.loss == "kl_top" and sites:
+        if config.loss != "mse" and sites:
             sites[0].record["frozen"] += freeze_learnable(ctx.model)
         return bool(sites)
 

@@ -1,17 +1,22 @@
-"""End-to-end calibration with OSTQuant's KL-Top loss (``calibrate_quant`` with ``loss: kl_top``).
+"""End-to-end calibration (``calibrate_quant`` with ``loss: kl_top`` or ``loss: ce``).
 
 Instead of matching each block's output, every quantizer parameter and learnable transform of the model
-trains at once against the full-precision model's next-token distribution: for each real (unpadded)
-position, KL(p_fp ‖ p_q) restricted to the FP model's ``top_k`` classes and renormalised there
-(:func:`surgeon.passes.equiv.stats.kl_top_loss`), so the long tail of the vocabulary, which a few
-calibration batches cannot estimate, does not steer the parameters. FP targets are the model's own
-logits with every quantizer disabled (the transforms are exact). Needs a model whose output has
-``logits`` (a causal or masked LM); an encoder without a head has none.
+trains at once on one model-level loss:
+- ``kl_top`` (OSTQuant): for each real (unpadded) position, KL(p_fp ‖ p_q) restricted to the full-precision
+  model's ``top_k`` classes and renormalised there (:func:`surgeon.passes.equiv.stats.kl_top_loss`), so the
+  long tail of the vocabulary, which a few calibration batches cannot estimate, does not steer the parameters.
+  FP targets are the model's own logits with every quantizer disabled (the transforms are exact). Needs a
+  model whose output has ``logits`` (a causal or masked LM); an encoder without a head has none.
+- ``ce`` (SpinQuant's objective, METHODS.md B.9): the fake-quantised network's next-token cross-entropy on the
+  calibration tokens themselves (position t predicts token t + 1, both unpadded). Needs a causal LM. SpinQuant
+  trains only its rotations, by Cayley SGD; here the same AdamW groups as ``kl_top`` train (transforms through
+  their Cayley deltas, and any LWC/LSQ/ASQ parameters).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from surgeon.errors import SurgeonError
@@ -20,11 +25,11 @@ from surgeon.passes.quant.quantizers import set_enabled
 from surgeon.runner import call_kwargs
 
 
-def _logits(model: nn.Module, batch: dict) -> torch.Tensor:
+def _logits(model: nn.Module, batch: dict, loss: str = "kl_top") -> torch.Tensor:
     out = model(**call_kwargs(model, batch))
     logits = getattr(out, "logits", None)
     if logits is None:
-        raise SurgeonError(f"calibrate_quant's `loss: kl_top` compares next-token distributions, but "
+        raise SurgeonError(f"calibrate_quant's `loss: {loss}` compares next-token distributions, but "
                            f"{type(model).__name__} returns no logits", where=type(model).__name__,
                            fix="Use `loss: mse` (block-wise reconstruction) for models without an LM head")
     return logits
@@ -36,6 +41,48 @@ def _real_positions(batch: dict, logits: torch.Tensor) -> torch.Tensor:
     if mask is None or tuple(mask.shape) != tuple(logits.shape[:2]):
         return logits.reshape(-1, logits.shape[-1])
     return logits[mask.bool()]
+
+
+def next_token_ce(batch: dict, logits: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of ``logits`` (B, T, V) at position t against ``input_ids`` at t + 1, over pairs of
+    positions that are both unpadded (``attention_mask``; every position when the batch has none)."""
+    ids = batch["input_ids"]
+    keep = torch.ones_like(ids[:, 1:], dtype=torch.bool)
+    mask = batch.get("attention_mask")
+    if mask is not None and tuple(mask.shape) == tuple(ids.shape):
+        keep = mask[:, 1:].bool() & mask[:, :-1].bool()
+    return F.cross_entropy(logits[:, :-1][keep].float(), ids[:, 1:][keep])
+
+
+def _check_ce(model: nn.Module, batches: list[dict]) -> None:
+    name = type(model).__name__
+    if not getattr(model, "can_generate", lambda: False)():
+        raise SurgeonError(f"calibrate_quant's `loss: ce` is next-token cross-entropy, but {name} is not a causal "
+                           f"language model", where=name,
+                           fix="Use `loss: mse` (block-wise), or `loss: kl_top` for a masked LM with a head")
+    if any(b.get("input_ids") is None or b["input_ids"].shape[-1] < 2 for b in batches):
+        raise SurgeonError("calibrate_quant's `loss: ce` needs `input_ids` of at least 2 tokens in every "
+                           "calibration batch (they are the labels)", where=name,
+                           fix="Calibrate on tokenised text (a text file of lines, or batches with input_ids)")
+
+
+def calibrate_ce(model: nn.Module, batches: list[dict], config) -> float:
+    """Train the model's quantizers and learnable transforms end to end on the quantised model's next-token
+    cross-entropy (SpinQuant's loss); returns the last epoch's mean loss."""
+    from surgeon.passes.quant.calibrate import train_epochs, trainable_groups
+
+    _check_ce(model, batches)
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(config.seed)
+    groups, release = trainable_groups(model, config)
+    try:
+        last = train_epochs(groups, config.epochs, len(batches), gen,
+                            lambda i: next_token_ce(batches[i], _logits(model, batches[i], "ce")))
+    finally:
+        release()
+        model.train(was_training)
+    return last
 
 
 def calibrate_kl_top(model: nn.Module, batches: list[dict], config) -> float:
