@@ -76,13 +76,14 @@ def _rational_fit(samples: torch.Tensor, target: Fn, *, iters: int, weights: tor
     tp = torch.stack([t ** i for i in range(NUM_DEGREE + 1)], -1)                  # (g, N, 6)
     at = torch.stack([t.abs() ** j for j in range(1, DEN_DEGREE + 1)], -1)        # (g, N, 4)
     w = torch.ones_like(x) if weights is None else weights.double() / weights.double().mean()
-    sol = _linearised_rational(tp, at, f, w.sqrt())
+    root = w.sqrt()
+    sol = _linearised_rational(tp, at, f, root)
     for _ in range(SK_ITERATIONS):
         # Why: from the plain linearised start L-BFGS ended in one of several basins picked by rounding (CPU
         # vector width, sample order), up to 7x worse; from the SK start it reached the same, lower loss for
         # every sample order tried (tests/passes/test_kan_refine.py).
         q = 1 + (at * sol[NUM_DEGREE + 1:].abs()).sum(-1)
-        sol = _linearised_rational(tp, at, f, w.sqrt() / q)
+        sol = _linearised_rational(tp, at, f, root / q)
     alpha = sol[: NUM_DEGREE + 1].clone().requires_grad_(True)
     beta = sol[NUM_DEGREE + 1:].abs().repeat(x.shape[0], 1).clone().requires_grad_(True)
     scale = (w * f.pow(2)).mean().clamp_min(1e-12)

@@ -66,43 +66,44 @@ def _check_ce(model: nn.Module, batches: list[dict]) -> None:
                            fix="Calibrate on tokenised text (a text file of lines, or batches with input_ids)")
 
 
+def _train_end_to_end(model: nn.Module, batches: list[dict], config, prepare) -> float:
+    """Train every quantizer and learnable transform of ``model`` at once, in eval mode, for ``config.epochs``;
+    ``prepare()`` runs first (in eval mode) and returns ``loss_of(i)`` for batch i. Returns the last epoch's
+    mean loss and restores the model's training flag."""
+    from surgeon.passes.quant.calibrate import train_epochs, trainable_groups
+
+    was_training = model.training
+    model.eval()
+    try:
+        loss_of = prepare()
+        gen = torch.Generator().manual_seed(config.seed)
+        groups, release = trainable_groups(model, config)
+        try:
+            return train_epochs(groups, config.epochs, len(batches), gen, loss_of)
+        finally:
+            release()
+    finally:
+        model.train(was_training)
+
+
 def calibrate_ce(model: nn.Module, batches: list[dict], config) -> float:
     """Train the model's quantizers and learnable transforms end to end on the quantised model's next-token
     cross-entropy (SpinQuant's loss); returns the last epoch's mean loss."""
-    from surgeon.passes.quant.calibrate import train_epochs, trainable_groups
-
     _check_ce(model, batches)
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator().manual_seed(config.seed)
-    groups, release = trainable_groups(model, config)
-    try:
-        last = train_epochs(groups, config.epochs, len(batches), gen,
-                            lambda i: next_token_ce(batches[i], _logits(model, batches[i], "ce")))
-    finally:
-        release()
-        model.train(was_training)
-    return last
+    return _train_end_to_end(model, batches, config, lambda: lambda i: next_token_ce(
+        batches[i], _logits(model, batches[i], "ce")))
 
 
 def calibrate_kl_top(model: nn.Module, batches: list[dict], config) -> float:
-    """Train the model's quantizers and learnable transforms end to end on KL-Top; returns the last
-    epoch's mean loss."""
-    from surgeon.passes.quant.calibrate import train_epochs, trainable_groups
+    """Train the model's quantizers and learnable transforms end to end on KL-Top against the model's own
+    full-precision logits (every quantizer disabled); returns the last epoch's mean loss."""
 
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        set_enabled(model, False)
-        targets = [_real_positions(b, _logits(model, b)) for b in batches]
-        set_enabled(model, True)
-    k = min(config.top_k, targets[0].shape[-1])
-    gen = torch.Generator().manual_seed(config.seed)
-    groups, release = trainable_groups(model, config)
-    try:
-        last = train_epochs(groups, config.epochs, len(batches), gen,
-                            lambda i: kl_top_loss(targets[i], _real_positions(batches[i], _logits(model, batches[i])), k=k))
-    finally:
-        release()
-        model.train(was_training)
-    return last
+    def prepare():
+        with torch.no_grad():
+            set_enabled(model, False)
+            targets = [_real_positions(b, _logits(model, b)) for b in batches]
+            set_enabled(model, True)
+        k = min(config.top_k, targets[0].shape[-1])
+        return lambda i: kl_top_loss(targets[i], _real_positions(batches[i], _logits(model, batches[i])), k=k)
+
+    return _train_end_to_end(model, batches, config, prepare)
